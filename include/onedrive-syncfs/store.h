@@ -1,0 +1,193 @@
+/* The state store: one SQLite database per profile, the single source of truth for what the
+ * mount shows and what work remains.
+ *
+ * The invariant (docs/architecture.md): a delta set is staged page by page; when its deltaLink
+ * arrives, ONE transaction turns the staged items into pending work AND stores the new cursor.
+ * After that the queue, not the cursor, carries what remains. A work item leaves the queue only
+ * in the transaction that publishes its new state. So a cancel, failure or SIGKILL at any
+ * point loses nothing and repeats nothing.
+ *
+ * Thread-safety: every function may be called from any thread. Readers (the filesystem) never
+ * wait behind a writer for longer than one short transaction.
+ *
+ * This header is the contract between the store, the engine (src/sync) and the filesystem
+ * (src/fs). Its owner may refine it; consumers adapt.
+ */
+#pragma once
+
+#include <glib.h>
+
+#include <onedrive-syncfs/graph-item.h>
+
+G_BEGIN_DECLS
+
+#define STORE_ERROR (store_error_quark ())
+GQuark store_error_quark (void);
+
+typedef enum {
+  STORE_ERROR_FAILED,
+  STORE_ERROR_NOT_FOUND,      /* no such inode / name */
+  STORE_ERROR_FOREIGN,        /* not SQLite, not our schema, or a newer user_version: refused */
+  STORE_ERROR_CORRUPT,
+  STORE_ERROR_FULL,           /* SQLITE_FULL: the disk is full */
+} StoreErrorCode;
+
+#define STORE_ROOT_INO 1        /* the mount root */
+
+typedef struct _Store Store;
+
+/* Opens (creating or migrating) the database at @path. A run left "syncing" by a process that
+ * is gone becomes "interrupted". A foreign or newer database is refused, never overwritten. */
+Store *store_open (const char *path, GError **error);
+void store_free (Store *store);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (Store, store_free)
+
+/* ---- what the filesystem reads -------------------------------------------------------- */
+
+typedef enum { STORE_KIND_FILE, STORE_KIND_DIR } StoreKind;
+
+typedef struct {
+  guint64   ino;
+  guint64   parent_ino;
+  char     *name;
+  StoreKind kind;
+  gint64    size;
+  gint64    mtime;           /* unix seconds */
+  char     *cache_object;    /* file name inside the cache's objects dir; NULL for dirs */
+  char     *quickxor_hash;
+  guint64   generation;      /* bumps when the content changes: the fs invalidates on it */
+} StoreEntry;
+
+void store_entry_clear (StoreEntry *entry);
+G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC (StoreEntry, store_entry_clear)
+
+/* Only published, not excluded entries are visible. Synthetic directories (the path above a
+ * source, e.g. "Documents" for the source "/Documents/Reports") are visible dirs too. */
+gboolean store_lookup (Store *store, guint64 parent_ino, const char *name, StoreEntry *out, GError **error);
+gboolean store_getattr (Store *store, guint64 ino, StoreEntry *out, GError **error);
+/* Children of @ino, sorted by name, StoreEntry* each (free with store_entry_free). */
+GPtrArray *store_readdir (Store *store, guint64 ino, GError **error);
+void store_entry_free (StoreEntry *entry);
+/* "/Documents/Reports/a.txt" — the mount path of @ino. */
+char *store_path (Store *store, guint64 ino, GError **error);
+/* Bytes and files held by published entries (statfs). */
+gboolean store_usage (Store *store, guint64 *bytes, guint64 *files, GError **error);
+
+/* Removes @ino and its descendants from the mount and records them as excluded, so no later
+ * run brings them back until store_clear_exclusions(). Returns the cache objects to unlink. */
+gboolean store_exclude (Store *store, guint64 ino, GPtrArray **cache_objects_to_remove, GError **error);
+/* Excluded items become pending downloads again. Returns how many came back. */
+gboolean store_clear_exclusions (Store *store, guint *count, GError **error);
+
+/* ---- sources --------------------------------------------------------------------------- */
+
+typedef struct {
+  gint64  id;
+  char   *remote_path;      /* as configured: "/Documents/Reports" */
+  char   *drive_id;
+  char   *item_id;
+  char   *cursor;           /* saved deltaLink, NULL before the first completed enumeration */
+  gint64  last_completed;   /* unix seconds, 0 never */
+} StoreSource;
+
+void store_source_free (StoreSource *source);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (StoreSource, store_source_free)
+
+/* Adds or updates the source for @remote_path and the synthetic dirs above it. */
+gboolean store_source_ensure (Store *store, const char *remote_path, const char *drive_id,
+                              const char *item_id, gint64 *source_id, GError **error);
+GPtrArray *store_sources (Store *store, GError **error);   /* StoreSource* */
+
+/* ---- staging a delta set --------------------------------------------------------------- */
+
+/* Forgets any staged rows of @source_id (a set that was interrupted is re-read from the old cursor). */
+gboolean store_stage_begin (Store *store, gint64 source_id, GError **error);
+/* Stages one page; duplicates are fine (the last occurrence wins at commit). */
+gboolean store_stage_add (Store *store, gint64 source_id, GPtrArray *graph_items, GError **error);
+
+typedef struct {
+  guint queued_downloads;
+  guint queued_updates;
+  guint queued_moves;
+  guint queued_deletes;
+  guint unchanged;
+} StoreCommitStats;
+
+/* The one transaction: staged items → pending work, cursor := @delta_link, staging cleared.
+ * @reconcile (full enumeration or 410 resync): items of this source not in the set are queued
+ * for deletion, so the server wins. Items under an exclusion are recorded but not queued. */
+gboolean store_stage_commit (Store *store, gint64 source_id, const char *delta_link,
+                             gboolean reconcile, StoreCommitStats *stats, GError **error);
+/* Drops the cursor (410, or a start with "full"); the queue is kept. */
+gboolean store_source_reset_cursor (Store *store, gint64 source_id, GError **error);
+
+/* ---- the work queue -------------------------------------------------------------------- */
+
+typedef enum {
+  STORE_ACTION_DOWNLOAD,    /* new file */
+  STORE_ACTION_UPDATE,      /* content changed */
+  STORE_ACTION_MOVE,        /* name or parent changed, content the same: metadata only */
+  STORE_ACTION_DELETE,
+  STORE_ACTION_MKDIR,       /* new folder, or a folder renamed / moved */
+} StoreAction;
+
+typedef struct {
+  gint64      work_id;
+  gint64      source_id;
+  StoreAction action;
+  guint64     ino;
+  GraphItem  *item;          /* the remote state to publish */
+  char       *path;          /* mount path it will have ("/Documents/Reports/a.txt") */
+  char       *old_path;      /* for MOVE / DELETE: where it was */
+  guint       attempts;      /* failed attempts so far */
+} StoreWork;
+
+void store_work_free (StoreWork *work);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (StoreWork, store_work_free)
+
+/* Up to @limit due work items with work_id > @after, in an order that is safe to apply:
+ * folders before their contents, deletes before the adds that might reuse a name. */
+GPtrArray *store_work_next (Store *store, gint64 after, guint limit, GError **error);
+/* Counts the due work (the run's total). */
+gboolean store_work_count (Store *store, guint *count, GError **error);
+
+/* Publishes the work's new state and removes it from the queue, in one transaction.
+ * @cache_object: the file now holding the verified bytes (DOWNLOAD / UPDATE), else NULL.
+ * @stale_cache_objects receives cache objects no longer referenced (after UPDATE / DELETE). */
+gboolean store_work_publish (Store *store, const StoreWork *work, const char *cache_object,
+                             GPtrArray **stale_cache_objects, GError **error);
+/* Keeps the work queued with its error and one more attempt; the next attempt is due after a
+ * backoff. @error_type: "download_error", "timeout", "hash_mismatch", "name_invalid",
+ * "too_large", "disk_full", ... */
+gboolean store_work_fail (Store *store, const StoreWork *work, const char *error_type,
+                          const char *message, GError **error);
+
+/* ---- runs ------------------------------------------------------------------------------ */
+
+typedef struct {
+  guint   processed, unchanged, failed, filtered, deleted, renamed;
+  guint64 bytes;
+} StoreRunCounters;
+
+gboolean store_run_begin (Store *store, gint64 *run_id, GError **error);
+/* @state: "completed", "completed_with_errors", "cancelled", "failed". */
+gboolean store_run_finish (Store *store, gint64 run_id, const char *state,
+                           const StoreRunCounters *counters, const char *error_message,
+                           GError **error);
+gboolean store_run_add_failure (Store *store, gint64 run_id, const char *path,
+                                const char *error_type, const char *message, GError **error);
+
+typedef struct {
+  gint64           id;
+  char            *state;
+  gint64           started, finished;
+  StoreRunCounters counters;
+  char            *error_message;
+} StoreRun;
+
+void store_run_free (StoreRun *run);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (StoreRun, store_run_free)
+/* The newest run, or NULL (no error) when there was none. */
+StoreRun *store_last_run (Store *store, GError **error);
+
+G_END_DECLS
