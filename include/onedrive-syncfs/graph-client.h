@@ -79,5 +79,14 @@ gboolean graph_client_download (GraphClient *client, const char *drive_id, const
 
 /* HTTP status carried by a GRAPH_ERROR, or 0. */
 guint graph_error_status (const GError *error);
+/* The Graph (or OAuth) error code of the answer, outermost first: @index 0 is the outer
+ * "code", 1 its innerError's, and so on. NULL past the end or for errors without a body. */
+const char *graph_error_code (const GError *error, guint index);
+/* TRUE when @code appears at any nesting level (e.g. "cannotSnapshotTree"). */
+gboolean graph_error_has_code (const GError *error, const char *code);
+/* The Location header of a 410 (a fresh link from the service), or NULL. */
+const char *graph_error_location (const GError *error);
+/* errno kept by GRAPH_ERROR_LOCAL_IO (ENOSPC when the disk is full), or 0. */
+int graph_error_errno (const GError *error);
 
 G_END_DECLS
