@@ -13,7 +13,7 @@ import time
 BUILD = pathlib.Path(os.environ.get("ODSF_BUILD_DIR", pathlib.Path(__file__).resolve().parents[2] / "build"))
 SOURCE = pathlib.Path(os.environ.get("ODSF_SOURCE_DIR", pathlib.Path(__file__).resolve().parents[2]))
 SYNCCTL = pathlib.Path(os.environ.get("ODSF_SYNCCTL", BUILD / "tools" / "onedrive-syncctl" / "onedrive-syncctl"))
-DAEMON = pathlib.Path(os.environ.get("ODSF_DAEMON", BUILD / "src" / "onedrive-syncfs"))
+DAEMON = pathlib.Path(os.environ.get("ODSF_DAEMON", BUILD / "onedrive-syncfs"))
 
 # Exit codes, as documented in onedrive-syncctl(1).
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_BUSY = 0, 1, 2, 3

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from ctl_helpers import BUILD
+from ctl_helpers import BUILD, DAEMON as BUILT_DAEMON
 
 PREFIX = "/usr/local"
 
@@ -49,7 +49,7 @@ def test_expected_files(installed):
     missing = [p for p in EXPECTED if not (root / p).is_file()]
     assert not missing, f"not installed under {root}: {missing}"
     assert os.access(root / "bin/onedrive-syncctl", os.X_OK)
-    if (BUILD / "src" / "onedrive-syncfs").exists():
+    if BUILT_DAEMON.exists():
         assert (root / DAEMON).is_file() and os.access(root / DAEMON, os.X_OK)
 
 
