@@ -1616,7 +1616,7 @@ fs_mount_new (const FsConfig *config, char **fuse_argv, const char *mountpoint, 
   fuse_opt_free_args (&args);   /* libfuse may have copied argv while parsing */
   if (m->se == NULL)
     {
-      g_set_error (error, FS_ERROR, FS_ERROR_SESSION, "libfuse refused the mount options (see above)");
+      g_set_error (error, FS_ERROR, FS_ERROR_OPTIONS, "libfuse refused the mount options (see above)");
       fs_mount_free (m);
       return NULL;
     }
