@@ -14,6 +14,7 @@ BUILD = pathlib.Path(os.environ.get("ODSF_BUILD_DIR", pathlib.Path(__file__).res
 SOURCE = pathlib.Path(os.environ.get("ODSF_SOURCE_DIR", pathlib.Path(__file__).resolve().parents[2]))
 SYNCCTL = pathlib.Path(os.environ.get("ODSF_SYNCCTL", BUILD / "tools" / "onedrive-syncctl" / "onedrive-syncctl"))
 DAEMON = pathlib.Path(os.environ.get("ODSF_DAEMON", BUILD / "onedrive-syncfs"))
+FAKE_GRAPH = pathlib.Path(os.environ.get("ODSF_FAKE_GRAPH", BUILD / "tools" / "fake-graph" / "fake-graph"))
 
 # Exit codes, as documented in onedrive-syncctl(1).
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_BUSY = 0, 1, 2, 3
@@ -73,3 +74,33 @@ class FakeMount:
 
 def have_fuse():
     return os.path.exists("/dev/fuse") and shutil.which("fusermount3") is not None
+
+
+class FakeGraph:
+    """The fake Graph/OAuth server (tools/fake-graph), started on loopback ports it picks;
+    its first stdout line is a JSON object with graph_url, login_url and admin_url."""
+
+    def __init__(self, tmp, *args):
+        self.proc = subprocess.Popen([str(FAKE_GRAPH), "--synthetic", "3,1K,1", "--die-with-parent", *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if not line:
+            err = self.proc.stderr.read()
+            raise AssertionError(f"fake-graph did not start: {err}")
+        self.info = json.loads(line)
+
+    def admin(self, method, path, body=None):
+        import urllib.request
+        data = json.dumps(body or {}).encode() if method == "POST" else None
+        req = urllib.request.Request(f"{self.info['admin_url']}/{path}", data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read() or b"{}")
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
