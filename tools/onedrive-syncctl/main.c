@@ -102,6 +102,30 @@ read_fd_all (int fd, GString *out, int *err)
     }
 }
 
+/* Reads a control file to its end. Not g_file_get_contents: that stops at the size fstat()
+ * reported, and a status snapshot taken at open may be longer than the one stat() saw. */
+static char *
+read_control (const char *mount, const char *name, gsize *len, int *err)
+{
+  g_autofree char *path = control_path (mount, name);
+  int fd = open (path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    {
+      *err = errno;
+      return NULL;
+    }
+  GString *text = g_string_new (NULL);
+  gboolean ok = read_fd_all (fd, text, err);
+  close (fd);
+  if (!ok)
+    {
+      g_string_free (text, TRUE);
+      return NULL;
+    }
+  *len = text->len;
+  return g_string_free (text, FALSE);
+}
+
 /* Reads and parses a fresh status snapshot. If @keep_fd is non-NULL the open fd is handed
  * back (for poll); otherwise it is closed. NULL with a message printed on failure. */
 static cJSON *
@@ -384,12 +408,13 @@ cmd_status (int argc, char **argv)
       /* Pass-through: the bytes as the mount gives them, checked to be JSON so a script's
        * `jq` never sees half a document without the exit code saying so. */
       g_autofree char *path = control_path (mount, "status");
-      g_autofree char *text = NULL;
       gsize len = 0;
+      int err = 0;
+      g_autofree char *text = read_control (mount, "status", &len, &err);
       g_autoptr (GError) error = NULL;
-      if (!g_file_get_contents (path, &text, &len, &error))
+      if (!text)
         {
-          complain ("%s", error->message);
+          complain ("%s: %s", path, g_strerror (err));
           return CTL_EXIT_ERROR;
         }
       g_autoptr (cJSON) doc = ctl_status_parse (text, len, &error);
@@ -474,13 +499,13 @@ terminal_width (void)
 static void
 draw_bar (const char *mount, CtlRate *rate, CtlRate *files_rate)
 {
-  g_autofree char *path = control_path (mount, "status");
-  g_autofree char *text = NULL;
   gsize len = 0;
+  int err = 0;
+  g_autofree char *text = read_control (mount, "status", &len, &err);
   CtlProgress p = { -1, -1, -1, -1, -1 };
   const char *state = NULL;
   g_autoptr (cJSON) status = NULL;
-  if (g_file_get_contents (path, &text, &len, NULL))
+  if (text)
     status = ctl_status_parse (text, len, NULL);
   if (status)
     {
