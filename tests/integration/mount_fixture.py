@@ -58,14 +58,30 @@ def is_mount(path):
 
 
 class FakeGraph:
-    """The fake server serving `drive_dir` (files become items; folders folders)."""
+    """The fake server serving `drive_dir` (files become items; folders folders). It starts on
+    first use, so a test fills drive_dir first; later changes go through the admin API."""
 
     def __init__(self, workdir: pathlib.Path, drive_dir: pathlib.Path, args=()):
         self.workdir = workdir
-        self.log_path = workdir / "fake-graph.log"
+        self.drive_dir = drive_dir
+        self.args = list(args)
+        self.proc = None
+
+    def __getattr__(self, name):
+        # graph_url, login_url, admin_url, info: available once the server runs.
+        if name in ("graph_url", "login_url", "admin_url", "info"):
+            self.ensure_started()
+            return self.__dict__[name]
+        raise AttributeError(name)
+
+    def ensure_started(self):
+        if self.proc is not None:
+            return
+        self.log_path = self.workdir / "fake-graph.log"
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            [str(FAKE_GRAPH), "--data", str(drive_dir), "--access-token", TOKEN, "--die-with-parent", *args],
+            [str(FAKE_GRAPH), "--data", str(self.drive_dir), "--access-token", TOKEN, "--die-with-parent",
+             *self.args],
             stdout=subprocess.PIPE, stderr=self._log, text=True)
         line = self.proc.stdout.readline()
         if not line:
@@ -77,6 +93,7 @@ class FakeGraph:
         self.admin_url = self.info["admin_url"]
 
     def admin(self, path, body=None):
+        self.ensure_started()
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(f"{self.admin_url}/{path}", data=data,
                                      method="GET" if body is None else "POST",
@@ -111,6 +128,8 @@ class FakeGraph:
         return self.admin("items/rename", {"path": path, "name": name})
 
     def close(self):
+        if self.proc is None:
+            return
         if self.proc.poll() is None:
             self.proc.terminate()
             try:

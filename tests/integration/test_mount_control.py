@@ -53,8 +53,9 @@ def test_start_busy_invalid_and_cancel(drive_dir, fake, mount):
     mount.cancel()
     assert mount.status()["state"] == before["state"]
 
-    # Unknown word: EINVAL, and the reason in the status.
-    r = subprocess.run(["sh", "-c", f"echo bogus-word > '{mount.sync}/start'"], capture_output=True, text=True)
+    # Unknown word: EINVAL, and the reason in the status. (bash, not dash: dash's echo reports
+    # every write error as "I/O error".)
+    r = subprocess.run(["bash", "-c", f"echo bogus-word > '{mount.sync}/start'"], capture_output=True, text=True)
     assert r.returncode != 0 and "Invalid argument" in r.stderr
     assert "bogus-word" in json.dumps(mount.status()["last_rejected_start"])
 
@@ -62,7 +63,7 @@ def test_start_busy_invalid_and_cancel(drive_dir, fake, mount):
     mount.wait_status(lambda s: s["state"] == "syncing", 30, "syncing")
 
     # Busy: from a shell echo and from Python.
-    r = subprocess.run(["sh", "-c", f"echo > '{mount.sync}/start'"], capture_output=True, text=True)
+    r = subprocess.run(["bash", "-c", f"echo > '{mount.sync}/start'"], capture_output=True, text=True)
     assert r.returncode != 0 and "busy" in r.stderr.lower(), r.stderr
     with pytest.raises(OSError) as e:
         with open(mount.sync / "start", "w") as f:
@@ -77,6 +78,14 @@ def test_start_busy_invalid_and_cancel(drive_dir, fake, mount):
     mount.stop()
 
 
+def read_raw(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, 1 << 20).decode()
+    finally:
+        os.close(fd)
+
+
 def test_status_parseable_throughout_a_run(drive_dir, fake, mount):
     slow_drive(drive_dir, files=20, size=64 * 1024)
     slow_down(fake, 1024 * 1024)
@@ -86,7 +95,7 @@ def test_status_parseable_throughout_a_run(drive_dir, fake, mount):
 
     def hammer():
         while not done.is_set():
-            for reader in (lambda p: open(p).read(), lambda p: os.read(os.open(p, os.O_RDONLY), 1 << 20).decode()):
+            for reader in (lambda p: open(p).read(), read_raw):
                 try:
                     text = reader(mount.sync / "status")
                     seen.add(json.loads(text)["state"])
