@@ -1140,6 +1140,17 @@ release_control (fuse_req_t req, FsMount *m, int id, struct fuse_file_info *fi)
   fuse_reply_err (req, 0);
 }
 
+/* Replies with a private copy of @data. Once the kernel has the reply, the reader may close
+ * the file and our release may free the handle's buffer while fuse_reply_buf() is still
+ * returning; the bytes were copied by then, but a sanitizer that checks writev's buffers after
+ * the call would see freed memory. A copy of a status document or a few event lines is cheap. */
+static void
+reply_copy (fuse_req_t req, const char *data, gsize len)
+{
+  g_autofree char *copy = g_memdup2 (data, len);
+  fuse_reply_buf (req, copy, len);
+}
+
 /* Interrupt of a blocked events read (the reader got a signal): answer EINTR. Runs with
  * libfuse's req->lock held; @data is the mount, which outlives every request. */
 static void
@@ -1178,8 +1189,9 @@ events_try_answer (FsMount *m, EventsHandle *h, fuse_req_t req, size_t size)
         return FALSE;
     }
   gsize n = MIN (size, h->buffered->len - h->buffered_off);
-  fuse_reply_buf (req, h->buffered->str + h->buffered_off, n);
+  gsize off = h->buffered_off;
   h->buffered_off += n;
+  reply_copy (req, h->buffered->str + off, n);
   return TRUE;
 }
 
@@ -1222,9 +1234,11 @@ read_control (fuse_req_t req, FsMount *m, int id, size_t size, off_t off, struct
       {
         StatusHandle *h = (StatusHandle *) (uintptr_t) fi->fh;
         if ((gsize) off >= h->len)
-          fuse_reply_buf (req, NULL, 0);
-        else
-          fuse_reply_buf (req, h->json + off, MIN (size, h->len - (gsize) off));
+          {
+            fuse_reply_buf (req, NULL, 0);
+            return;
+          }
+        reply_copy (req, h->json + off, MIN (size, h->len - (gsize) off));
         return;
       }
     case CTL_EVENTS:

@@ -349,7 +349,10 @@ def fake(tmp_path, drive_dir, request):
 @pytest.fixture
 def mount(tmp_path, fake):
     """A Mount not yet started; the finaliser guarantees nothing is left mounted or running."""
-    m = Mount(tmp_path, fake)
+    # ODSF_TEST_MOUNT_OPTIONS=debug (comma-separated) adds options to every mount: the request
+    # trace lands in the test's daemon.log.
+    extra = os.environ.get("ODSF_TEST_MOUNT_OPTIONS")
+    m = Mount(tmp_path, fake, options=extra.split(",") if extra else ())
     try:
         yield m
     finally:
