@@ -385,6 +385,13 @@ store_work_publish (Store *store, const StoreWork *work, const char *cache_objec
   return ok;
 }
 
+static void
+error_free_maybe (gpointer e)
+{
+  if (e != NULL)
+    g_error_free (e);
+}
+
 gboolean
 store_work_publish_batch (Store *store, StoreWork *const *works, const char *const *cache_objects,
                           guint n, GPtrArray **stale_cache_objects, GPtrArray **errors,
@@ -401,7 +408,7 @@ store_work_publish_batch (Store *store, StoreWork *const *works, const char *con
   publish_many (store, reqs, n);
   gboolean ok = TRUE;
   if (errors)
-    *errors = g_ptr_array_new_full (n, (GDestroyNotify) g_error_free);
+    *errors = g_ptr_array_new_full (n, error_free_maybe);
   for (guint i = 0; i < n; i++)
     {
       if (reqs[i].error == NULL)

@@ -446,7 +446,7 @@ migrate (Store *store, GError **error)
     goto fail;
   for (gint64 v = version; v < STORE_SCHEMA_VERSION; v++)
     {
-      g_info ("%s: migrating store schema %" G_GINT64_FORMAT " → %" G_GINT64_FORMAT,
+      g_info ("%s: migrating store schema %" G_GINT64_FORMAT " -> %" G_GINT64_FORMAT,
               store->path, v, v + 1);
       if (!store_conn_exec (w, migrations[v], error))
         goto fail;
