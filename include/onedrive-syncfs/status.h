@@ -40,6 +40,8 @@ void sync_status_begin_run (SyncStatus *status, gint64 run_id);
 void sync_status_restore (SyncStatus *status, gint64 run_id, const SyncCounters *counters,
                           const char *last_error);
 void sync_status_add_total (SyncStatus *status, guint more);
+/* Items the store found unchanged when it committed a delta set (no work, no path). */
+void sync_status_add_unchanged (SyncStatus *status, guint count);
 
 /* A worker took @path (added to current_files). */
 void sync_status_file_started (SyncStatus *status, const char *path);
@@ -49,6 +51,8 @@ void sync_status_file_done (SyncStatus *status, const char *path, SyncOutcome ou
                             guint64 bytes, gboolean unverified);
 void sync_status_file_failed (SyncStatus *status, const char *path, const char *error_type,
                               const char *message, guint attempts);
+/* A started @path ends without an outcome (a cancel interrupted it; it stays queued). */
+void sync_status_file_abandoned (SyncStatus *status, const char *path);
 /* @reason: "too_large", "excluded", "not_included", "package", ... */
 void sync_status_file_filtered (SyncStatus *status, const char *path, const char *reason);
 /* Partial bytes of in-flight transfers (progress only; no state change). */
