@@ -1,0 +1,133 @@
+"""`meson install --destdir` into a temporary directory installs every file a user needs:
+binaries, man pages, the systemd user unit, bash completion — and nothing outside the prefix."""
+
+import os
+import re
+import pathlib
+import shutil
+import subprocess
+
+import pytest
+
+from ctl_helpers import BUILD, DAEMON as BUILT_DAEMON
+
+PREFIX = "/usr/local"
+
+EXPECTED = [
+    "bin/onedrive-syncctl",
+    "share/man/man1/onedrive-syncctl.1",
+    "share/man/man1/onedrive-syncfs.1",
+    "lib/systemd/user/onedrive-syncfs@.service",
+    "share/bash-completion/completions/onedrive-syncctl",
+    "share/bash-completion/completions/onedrive-syncfs",
+]
+# The daemon is installed once src/main.c is built (the fs layer).
+DAEMON = "bin/onedrive-syncfs"
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    if not (BUILD / "build.ninja").exists():
+        pytest.skip(f"no configured build in {BUILD}")
+    meson = shutil.which("meson")
+    if not meson:
+        pytest.skip("meson not on PATH")
+    prefix = subprocess.run([meson, "introspect", "--buildoptions", str(BUILD)],
+                            capture_output=True, text=True, check=True).stdout
+    dest = tmp_path_factory.mktemp("destdir")
+    r = subprocess.run([meson, "install", "-C", str(BUILD), "--no-rebuild", "--quiet",
+                        "--destdir", str(dest)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    import json
+    opts = {o["name"]: o["value"] for o in json.loads(prefix)}
+    root = dest / opts["prefix"].lstrip("/")
+    return dest, root, opts
+
+
+def test_expected_files(installed):
+    dest, root, opts = installed
+    missing = [p for p in EXPECTED if not (root / p).is_file()]
+    assert not missing, f"not installed under {root}: {missing}"
+    assert os.access(root / "bin/onedrive-syncctl", os.X_OK)
+    if BUILT_DAEMON.exists():
+        assert (root / DAEMON).is_file() and os.access(root / DAEMON, os.X_OK)
+
+
+def test_nothing_outside_prefix(installed):
+    dest, root, opts = installed
+    for path in dest.rglob("*"):
+        if path.is_file():
+            assert root in path.parents, f"{path} is outside the prefix {opts['prefix']}"
+
+
+def plain(roff):
+    """The words of a roff page without font changes and zero-width escapes."""
+    return re.sub(r"\\f[BIRP]|\\&|\\", "", roff)
+
+
+def test_man_pages_render(installed):
+    dest, root, opts = installed
+    for page in ("onedrive-syncctl.1", "onedrive-syncfs.1"):
+        text = (root / "share/man/man1" / page).read_text()
+        assert text.startswith(".") or "\n.TH" in text[:2000] or ".TH" in text, page
+        assert ".SH EXIT STATUS" in text or '.SH "EXIT STATUS"' in text, page
+    ctl = plain((root / "share/man/man1/onedrive-syncctl.1").read_text())
+    for word in ("start", "cancel", "status", "follow", "login", "completed_with_errors"):
+        assert word in ctl
+    fs = plain((root / "share/man/man1/onedrive-syncfs.1").read_text())
+    for opt in ("profile=", "source=", "workers=", "sync_interval=", "sync_on_mount", "cache_dir=",
+                "graph_url=", "login_url=", "tenant=", "client_id=", "ca_file=", "max_file_size=",
+                "allow_other", "verbose", "debug", ".sync/start", ".sync/cancel", ".sync/status",
+                ".sync/events", ".sync/changes", "_netdev"):
+        assert opt in fs, opt
+
+
+def test_unit_points_at_installed_daemon(installed):
+    dest, root, opts = installed
+    unit = (root / "lib/systemd/user/onedrive-syncfs@.service").read_text()
+    bindir = pathlib.Path(opts["prefix"]) / opts["bindir"]
+    assert f"ExecStart={bindir}/onedrive-syncfs -f -o profile=%i " in unit
+    assert "Restart=on-failure" in unit and "KillSignal=SIGTERM" in unit
+    assert "@bindir@" not in unit
+    analyze = shutil.which("systemd-analyze")
+    if analyze:
+        # verify needs an instance name and resolves ExecStart: point it at the staged tree.
+        d = dest / "verify"
+        d.mkdir()
+        staged = unit.replace(f"{bindir}/onedrive-syncfs", str(root / "bin" / "onedrive-syncctl"))
+        (d / "onedrive-syncfs@test.service").write_text(staged)
+        r = subprocess.run([analyze, "verify", "--man=no", str(d / "onedrive-syncfs@test.service")],
+                           capture_output=True, text=True)
+        problems = [l for l in (r.stdout + r.stderr).splitlines()
+                    if "onedrive-syncfs@test.service" in l and "Failed to" not in l]
+        assert r.returncode == 0 or not problems, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("cmd,line,want", [
+    ("onedrive-syncctl", "onedrive-syncctl st", {"start", "status"}),
+    ("onedrive-syncctl", "onedrive-syncctl start --", {"--full", "--clear-exclusions", "--wait", "--help"}),
+    ("onedrive-syncctl", "onedrive-syncctl status --j", {"--json"}),
+    ("onedrive-syncfs", "onedrive-syncfs -o sync_", {"sync_interval=", "sync_on_mount"}),
+    ("onedrive-syncfs", "onedrive-syncfs -o workers=2,cache", {"workers=2,cache_dir="}),
+])
+def test_bash_completion(installed, cmd, line, want):
+    dest, root, opts = installed
+    bash = shutil.which("bash")
+    if not bash:
+        pytest.skip("no bash")
+    script = root / "share/bash-completion/completions" / cmd
+    words = line.split(" ")
+    prog = f"""
+source {script}
+COMP_WORDS=({' '.join(repr(w) for w in words)})
+COMP_CWORD={len(words) - 1}
+COMP_LINE={line!r}
+COMP_POINT={len(line)}
+_{cmd.replace('-', '_')}
+printf '%s\\n' "${{COMPREPLY[@]}}"
+"""
+    r = subprocess.run([bash, "--norc", "--noprofile", "-c", prog], capture_output=True, text=True,
+                       cwd=dest)
+    assert r.returncode == 0, r.stderr
+    got = set(r.stdout.split())
+    assert got == want, (got, r.stderr)
