@@ -108,6 +108,7 @@ typedef struct {
   guint         source_errors;    /* protected by lock */
   guint         sources_ok;       /* protected by lock */
   GHashTable   *failed_sources;   /* protected by lock: paths */
+  GHashTable   *unmirrored;       /* protected by lock: ids of packages / shortcuts reported */
   char         *fatal;            /* protected by lock: why the run failed */
   guint64       cache_fs_bytes;   /* total size of the cache file system, 0 unknown */
 } Run;
@@ -337,7 +338,12 @@ publish (Run *run, const StoreWork *work, const char *object, gboolean unverifie
 
   g_mutex_lock (&e->publish_lock);
   gboolean ok = store_work_publish (e->store, work, object, &stale, error);
-  if (ok)
+  /* The store hands our own object back when a later commit superseded this work: nothing
+   * was published (the newer work will be), so there is no change to record. */
+  gboolean superseded = FALSE;
+  for (guint i = 0; ok && object && stale && i < stale->len; i++)
+    superseded |= strcmp (object, stale->pdata[i]) == 0;
+  if (ok && !superseded)
     {
       g_autoptr (GError) local = NULL;
       const GraphItem *it = work->item;
@@ -358,6 +364,13 @@ publish (Run *run, const StoreWork *work, const char *object, gboolean unverifie
       g_autofree char *p = g_build_filename (e->objects_dir, (const char *) stale->pdata[i], NULL);
       if (g_unlink (p) != 0 && errno != ENOENT)
         g_warning ("unlink(%s): %s", p, g_strerror (errno));
+    }
+
+  if (superseded)
+    {
+      g_debug ("%s: superseded by a newer change; not published", work->path);
+      sync_status_file_abandoned (e->status, work->path);
+      return TRUE;
     }
 
   guint64 bytes = 0;
@@ -546,12 +559,13 @@ task_run (gpointer data, gpointer user_data)
   if (go)
     {
       sync_status_file_started (e->status, t->work->path);
-      emit (e, "file_started", fields_path (t->work->path));
+      sync_events_append (e->events, "file_started", fields_path (t->work->path));
     }
   g_rw_lock_reader_unlock (&e->start_gate);
 
   if (go)
     {
+      engine_notify (e, SYNC_NOTIFY_EVENT, 0, 0, NULL);   /* outside the gate: no lock held */
       engine_hook (e, SYNC_HOOK_TASK_ACQUIRED, t->work->path);
       process_file (t);
     }
@@ -607,6 +621,34 @@ find_store_source (GPtrArray *sources, const char *path)
         return s;
     }
   return NULL;
+}
+
+/* Packages (OneNote) and shortcuts to other drives are not mirrored; the store records them
+ * without work, so the engine reports them here, where it still sees their kind — never a
+ * silent skip (seed item 9). Delta gives no reliable path, so the path is the source plus the
+ * name when the item sits directly in the source, else the name alone. */
+static void
+report_unmirrored (Run *run, const char *source_path, const char *source_item_id, GPtrArray *items)
+{
+  for (guint i = 0; i < items->len; i++)
+    {
+      const GraphItem *it = items->pdata[i];
+      if (it->deleted || (it->kind != GRAPH_ITEM_PACKAGE && it->kind != GRAPH_ITEM_REMOTE))
+        continue;
+      g_mutex_lock (&run->lock);
+      gboolean fresh = g_hash_table_add (run->unmirrored, g_strdup (it->id));
+      g_mutex_unlock (&run->lock);
+      if (!fresh)
+        continue;   /* duplicates in one set are one item */
+      g_autofree char *p = g_strcmp0 (it->parent_id, source_item_id) == 0
+                               ? g_build_filename (source_path, it->name ? it->name : it->id, NULL)
+                               : g_strdup (it->name ? it->name : it->id);
+      const char *reason = it->kind == GRAPH_ITEM_PACKAGE ? "package" : "remote_item";
+      sync_status_file_filtered (run->engine->status, p, reason);
+      cJSON *f = fields_path (p);
+      cJSON_AddStringToObject (f, "reason", reason);
+      emit (run->engine, "file_filtered", f);
+    }
 }
 
 /* Reads one source's delta set into the store. Returns FALSE when the source failed or the
@@ -704,6 +746,7 @@ enumerate_source (Run *run, const char *path)
               return FALSE;
             }
           pages++;
+          report_unmirrored (run, path, item_id, page->items);
           for (guint i = 0; page->item_errors && i < page->item_errors->len; i++)
             g_warning ("%s: item skipped by the parser: %s", path, (const char *) page->item_errors->pdata[i]);
           if (page->items->len > 0 && !store_stage_add (e->store, source_id, page->items, &error))
@@ -980,6 +1023,7 @@ run_main (gpointer data)
   g_cond_clear (&run->cond);
   g_free (run->fatal);
   g_hash_table_unref (run->failed_sources);
+  g_hash_table_unref (run->unmirrored);
   g_free (run);
 
   sync_run_state_release (e->rs, seq);
@@ -1235,6 +1279,7 @@ sync_engine_start (SyncEngine *e, SyncStartFlags flags, GError **error)
   run->flags = flags;
   run->cancel = cancel;
   run->failed_sources = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
+  run->unmirrored = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
   g_mutex_init (&run->lock);
   g_cond_init (&run->cond);
 
