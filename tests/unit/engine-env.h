@@ -43,8 +43,10 @@ void env_add (const char *test_path, void (*fn) (Env *env, gconstpointer data));
 
 /* Calls the fake's admin API (/_admin/@path); aborts the test on an HTTP error. */
 cJSON *env_admin (Env *env, const char *method, const char *path, const char *json_body);
+void env_do (Env *env, const char *method, const char *path, const char *json_body);
 void env_faults (Env *env, const char *json);
-cJSON *env_itemop (Env *env, const char *op, const char *json);
+/* POST /_admin/items/@op. */
+void env_itemop (Env *env, const char *op, const char *json);
 void env_add_file (Env *env, const char *path, const char *content);
 char *env_add_file_id (Env *env, const char *path, const char *content);
 gboolean env_try_add_file (Env *env, const char *path, const char *content);
