@@ -250,7 +250,8 @@ main (int argc, char **argv)
 
   g_autoptr (FsMount) mount = fs_mount_new (&fs_config, opts->fuse_argv, opts->mountpoint, &error);
   if (mount == NULL)
-    return fail (g_error_matches (error, FS_ERROR, FS_ERROR_FAILED) ? EXIT_FAILURE_OTHER : EXIT_MOUNTPOINT,
+    return fail (g_error_matches (error, FS_ERROR, FS_ERROR_OPTIONS) ? EXIT_USAGE
+                 : g_error_matches (error, FS_ERROR, FS_ERROR_FAILED) ? EXIT_FAILURE_OTHER : EXIT_MOUNTPOINT,
                  "%s", error->message);
 
   if (fuse_daemonize (opts->foreground) != 0)

@@ -22,7 +22,8 @@ GQuark fs_error_quark (void);
 typedef enum {
   FS_ERROR_FAILED,
   FS_ERROR_MOUNTPOINT,   /* missing, not a directory, or already a mount point (busy) */
-  FS_ERROR_SESSION,      /* libfuse refused the options or could not mount */
+  FS_ERROR_OPTIONS,      /* libfuse refused the mount options */
+  FS_ERROR_SESSION,      /* the kernel mount failed */
 } FsErrorCode;
 
 /* Control inodes live above every store inode (SQLite rowids stay far below 2^40). */
@@ -41,7 +42,7 @@ typedef struct _FsMount FsMount;
 
 /* Creates the low-level session with @fuse_argv (argv[0] first) and mounts it at @mountpoint.
  * Borrows everything in @config (strings are copied). Installs SIGINT/SIGTERM/SIGHUP handlers
- * that end fs_mount_run(). FS_ERROR_MOUNTPOINT / FS_ERROR_SESSION on failure. */
+ * that end fs_mount_run(). FS_ERROR_MOUNTPOINT / FS_ERROR_OPTIONS / FS_ERROR_SESSION on failure. */
 FsMount *fs_mount_new (const FsConfig *config, char **fuse_argv, const char *mountpoint, GError **error);
 
 /* Sets the store requests read (borrowed); before fs_mount_run() only. fs_mount_new() may get

@@ -42,6 +42,12 @@ typedef struct {
   const char *ca_file;       /* extra CA bundle (tests); verification is always on */
   const char *token_file;    /* token.json; NULL only for clients that never authenticate */
   guint       max_connections; /* 0: 8 */
+  /* Retry policy knobs (tests make them small; 0 picks the default). */
+  guint       max_retries;        /* 0: 5 tries after the first for 5xx/network errors */
+  guint       retry_base_ms;      /* 0: 500; first backoff step, doubled each try */
+  guint       retry_max_ms;       /* 0: 30000; backoff cap */
+  guint       connect_timeout_ms; /* 0: 15000 */
+  guint       stall_timeout_s;    /* 0: 60; a body that moves < 1 byte/s this long is aborted */
 } GraphConfig;
 
 typedef struct _GraphClient GraphClient;
@@ -76,6 +82,29 @@ gboolean graph_client_download (GraphClient *client, const char *drive_id, const
                                 const char *expected_quickxor, int fd,
                                 GCancellable *cancel, GraphProgressFunc progress, gpointer user_data,
                                 guint64 *bytes_downloaded, GError **error);
+
+/* ---- sign-in ------------------------------------------------------------------------ */
+
+/* Where a profile's token file lives: $XDG_CONFIG_HOME/onedrive-syncfs/<profile>/token.json. */
+char *graph_token_file_path (const char *profile);
+
+/* TRUE when the client holds a refresh token (from the token file or a login). */
+gboolean graph_client_has_token (GraphClient *client);
+
+/* Shows the user what to do: open @verification_uri and enter @user_code. @message is the
+ * service's own sentence saying the same (may be NULL). Called once per code. */
+typedef void (*GraphDeviceCodeFunc) (const char *verification_uri, const char *user_code,
+                                     const char *message, gpointer user_data);
+
+/* Device-code sign-in (OAuth 2 device authorization grant) for the control tool: requests a
+ * code, hands it to @show, polls the token endpoint every `interval` seconds (5 s more after
+ * each slow_down) until the user approves, then writes the token file (0600, atomically) and
+ * keeps the tokens. GRAPH_ERROR_AUTH with a message saying what happened when the user
+ * declines or the code expires; GRAPH_ERROR_CANCELLED when @cancel fires while waiting. */
+gboolean graph_client_login_device_code (GraphClient *client, GraphDeviceCodeFunc show,
+                                         gpointer user_data, GCancellable *cancel, GError **error);
+
+/* ---- errors --------------------------------------------------------------------------- */
 
 /* HTTP status carried by a GRAPH_ERROR, or 0. */
 guint graph_error_status (const GError *error);

@@ -109,8 +109,9 @@ typedef struct {
   guint queued_downloads;
   guint queued_updates;
   guint queued_moves;
-  guint queued_deletes;
-  guint unchanged;
+  guint queued_deletes;     /* tombstones, their known descendants, a reconcile's leftovers */
+  guint unchanged;          /* nothing to do (includes tombstones for ids never seen) */
+  guint queued_mkdirs;      /* folders new, renamed or moved */
 } StoreCommitStats;
 
 /* The one transaction: staged items → pending work, cursor := @delta_link, staging cleared.
@@ -140,6 +141,7 @@ typedef struct {
   char       *path;          /* mount path it will have ("/Documents/Reports/a.txt") */
   char       *old_path;      /* for MOVE / DELETE: where it was */
   guint       attempts;      /* failed attempts so far */
+  char       *last_error_type; /* of the last failed attempt, NULL if none */
 } StoreWork;
 
 void store_work_free (StoreWork *work);
@@ -156,6 +158,13 @@ gboolean store_work_count (Store *store, guint *count, GError **error);
  * @stale_cache_objects receives cache objects no longer referenced (after UPDATE / DELETE). */
 gboolean store_work_publish (Store *store, const StoreWork *work, const char *cache_object,
                              GPtrArray **stale_cache_objects, GError **error);
+/* The same for @n works in one transaction (cheaper per item; each still all-or-nothing).
+ * @cache_objects may be NULL (metadata-only works). Returns FALSE with the first failure in
+ * @error; @errors (optional) receives one GError* or NULL per work, in order. */
+gboolean store_work_publish_batch (Store *store, StoreWork *const *works,
+                                   const char *const *cache_objects, guint n,
+                                   GPtrArray **stale_cache_objects, GPtrArray **errors,
+                                   GError **error);
 /* Keeps the work queued with its error and one more attempt; the next attempt is due after a
  * backoff. @error_type: "download_error", "timeout", "hash_mismatch", "name_invalid",
  * "too_large", "disk_full", ... */

@@ -41,7 +41,7 @@ typedef struct {
   char *verbose;
   /* Collected by the key callback, GLib-owned. */
   GPtrArray *sources;
-  char *mountpoint;
+  GPtrArray *positional;    /* MOUNTPOINT, or PROFILE MOUNTPOINT (mount(8), fstab) */
   GError *error;
 } RawOptions;
 
@@ -50,6 +50,7 @@ enum {
   KEY_ALLOW_OTHER,
   KEY_VERBOSE,
   KEY_SYNC_ON_MOUNT,
+  KEY_MOUNT_WORD,
 };
 
 #define RAW_OPT(t, field) { t, offsetof (RawOptions, field), 0 }
@@ -74,6 +75,15 @@ static const struct fuse_opt raw_opts[] = {
   FUSE_OPT_KEY ("verbose", KEY_VERBOSE),
   FUSE_OPT_KEY ("-v", KEY_VERBOSE),
   FUSE_OPT_KEY ("sync_on_mount", KEY_SYNC_ON_MOUNT),
+  /* Words mount(8) passes on from an fstab entry that mean nothing to a FUSE mount. */
+  FUSE_OPT_KEY ("_netdev", FUSE_OPT_KEY_DISCARD),
+  FUSE_OPT_KEY ("noauto", FUSE_OPT_KEY_DISCARD),
+  FUSE_OPT_KEY ("auto", FUSE_OPT_KEY_DISCARD),
+  FUSE_OPT_KEY ("nofail", FUSE_OPT_KEY_DISCARD),
+  FUSE_OPT_KEY ("user", FUSE_OPT_KEY_DISCARD),
+  FUSE_OPT_KEY ("users", FUSE_OPT_KEY_DISCARD),
+  FUSE_OPT_KEY ("nouser", FUSE_OPT_KEY_DISCARD),
+  FUSE_OPT_KEY ("ro", KEY_MOUNT_WORD),
   FUSE_OPT_END,
 };
 
@@ -91,7 +101,7 @@ raw_options_clear (RawOptions *raw)
       *fields[i] = NULL;
     }
   g_clear_pointer (&raw->sources, g_ptr_array_unref);
-  g_clear_pointer (&raw->mountpoint, g_free);
+  g_clear_pointer (&raw->positional, g_ptr_array_unref);
   g_clear_error (&raw->error);
 }
 
@@ -120,17 +130,26 @@ raw_opt_proc (void *data, const char *arg, int key, struct fuse_args *outargs)
       return raw_set (&raw->verbose, "yes");
     case KEY_SYNC_ON_MOUNT:
       return raw_set (&raw->sync_on_mount, "yes");
+    case KEY_MOUNT_WORD:
+      /* "ro" would make the kernel refuse rm before we see it: exclusion needs a writable
+       * mount, and the tree is read-only anyway. */
+      g_message ("ignoring the mount option 'ro': the tree is always read-only");
+      return 0;
+    case FUSE_OPT_KEY_OPT:
+      if (g_str_has_prefix (arg, "x-"))
+        return 0;   /* x-systemd.* and friends: for mount(8) and systemd, not for us */
+      return 1;
     case FUSE_OPT_KEY_NONOPT:
       /* The mount point is ours to check (a missing one gets its own message and exit code),
        * so it never reaches fuse_parse_cmdline, which would only say "bad mount point". */
-      if (raw->mountpoint != NULL)
+      if (raw->positional->len == 2)
         {
           if (raw->error == NULL)
             g_set_error (&raw->error, FS_OPTIONS_ERROR, FS_OPTIONS_ERROR_USAGE,
-                         "unexpected argument '%s' (one mount point only)", arg);
+                         "unexpected argument '%s' (usage: [PROFILE] MOUNTPOINT)", arg);
           return -1;
         }
-      raw->mountpoint = g_strdup (arg);
+      g_ptr_array_add (raw->positional, g_strdup (arg));
       return 0;
     default:
       return 1;   /* keep for libfuse */
@@ -411,7 +430,10 @@ FsOptions *
 fs_options_parse (int argc, char **argv, const char *config_path, GError **error)
 {
   g_autoptr (FsOptions) o = g_new0 (FsOptions, 1);
-  RawOptions raw = { .sources = g_ptr_array_new_with_free_func (g_free) };
+  RawOptions raw = {
+    .sources = g_ptr_array_new_with_free_func (g_free),
+    .positional = g_ptr_array_new_with_free_func (g_free),
+  };
   struct fuse_args args = FUSE_ARGS_INIT (0, NULL);
   struct fuse_cmdline_opts cmd = { 0 };
   g_autoptr (GKeyFile) kf = NULL;
@@ -444,7 +466,11 @@ fs_options_parse (int argc, char **argv, const char *config_path, GError **error
   o->show_version = cmd.show_version;
   o->sources = g_ptr_array_new_with_free_func (g_free);
 
-  o->profile = g_strdup (raw.profile != NULL ? raw.profile : "default");
+  /* "PROFILE MOUNTPOINT" is how mount(8) runs us for an fstab line; -o profile= still wins. */
+  const char *positional_profile = raw.positional->len == 2 ? raw.positional->pdata[0] : NULL;
+  const char *mountpoint = raw.positional->len > 0 ? raw.positional->pdata[raw.positional->len - 1] : NULL;
+  o->profile = g_strdup (raw.profile != NULL ? raw.profile
+                         : positional_profile != NULL ? positional_profile : "default");
   if (*o->profile == '\0' || strchr (o->profile, '/') != NULL || o->profile[0] == '.')
     {
       invalid (error, "profile", o->profile, "command line", "a name without '/'");
@@ -469,8 +495,8 @@ fs_options_parse (int argc, char **argv, const char *config_path, GError **error
   if (!resolve (o, &raw, kf, error))
     goto out;
 
-  if (raw.mountpoint != NULL)
-    o->mountpoint = absolute_path (raw.mountpoint);
+  if (mountpoint != NULL)
+    o->mountpoint = absolute_path (mountpoint);
   else if (!o->show_help && !o->show_version)
     {
       g_set_error (error, FS_OPTIONS_ERROR, FS_OPTIONS_ERROR_USAGE, "no mount point given");

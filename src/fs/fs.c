@@ -112,6 +112,10 @@ typedef struct {
 } EventsHandle;
 
 typedef struct {
+  gboolean wrote;                     /* a write (or the implicit empty start) happened */
+} CommandHandle;
+
+typedef struct {
   int     fd;                         /* -1: empty file without a cache object */
   guint64 fuse_ino;
 } FileHandle;
@@ -1003,7 +1007,9 @@ open_control (fuse_req_t req, FsMount *m, int id, struct fuse_file_info *fi)
         }
       fi->direct_io = 1;
       fi->nonseekable = 1;
-      fuse_reply_open (req, fi);
+      fi->fh = (uint64_t) (uintptr_t) g_new0 (CommandHandle, 1);
+      if (fuse_reply_open (req, fi) != 0)
+        g_free ((CommandHandle *) (uintptr_t) fi->fh);
       return;
 
     case CTL_STATUS:
@@ -1073,6 +1079,8 @@ handles_remove (GPtrArray *handles, gpointer h)
   return g_ptr_array_remove_fast (handles, h);
 }
 
+static int run_command (FsMount *m, int id, const char *buf, size_t size);
+
 static void
 release_control (fuse_req_t req, FsMount *m, int id, struct fuse_file_info *fi)
 {
@@ -1105,6 +1113,19 @@ release_control (fuse_req_t req, FsMount *m, int id, struct fuse_file_info *fi)
       if (fi->fh != 0)
         close ((int) fi->fh - 1);
       break;
+    case CTL_START:
+    case CTL_CANCEL:
+      {
+        /* A start file opened for writing and closed without a write (`: > .sync/start`,
+         * Python's write('')) is an empty start. Not at flush: a shell's `>` dup2()s and
+         * closes the first fd before echo writes, and that close flushes too. A refusal
+         * cannot reach close() from here; the engine records it as last_rejected_start. */
+        CommandHandle *h = (CommandHandle *) (uintptr_t) fi->fh;
+        if (!h->wrote && (fi->flags & O_ACCMODE) != O_RDONLY && m->engine != NULL)
+          run_command (m, id, "", 0);
+        g_free (h);
+        break;
+      }
     default:
       break;
     }
@@ -1203,12 +1224,39 @@ read_control (fuse_req_t req, FsMount *m, int id, size_t size, off_t off, struct
     }
 }
 
+/* One command written to .sync/start or .sync/cancel: 0 or an errno. */
+static int
+run_command (FsMount *m, int id, const char *buf, size_t size)
+{
+  g_autoptr (GError) error = NULL;
+
+  if (id == CTL_CANCEL)
+    {
+      /* Returns once the cancel is recorded; with no run active it changes nothing. */
+      if (sync_engine_cancel (m->engine))
+        g_info ("cancel recorded");
+      return 0;
+    }
+  /* Each write(2) is one command, as in sysfs: `echo full > start` is one write. */
+  SyncStartFlags flags = 0;
+  if (!sync_engine_parse_start_words (m->engine, buf, size, &flags, &error)
+      || !sync_engine_start (m->engine, flags, &error))
+    {
+      int err = errno_from_error (error);
+      if (err == EIO)
+        g_warning ("start: %s", error->message);
+      else
+        g_info ("start refused: %s", error->message);
+      return err;
+    }
+  return 0;
+}
+
 static void
 fs_write (fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
           struct fuse_file_info *fi)
 {
   FsMount *m = fuse_req_userdata (req);
-  g_autoptr (GError) error = NULL;
 
   if (!is_control (ino))
     {
@@ -1226,36 +1274,20 @@ fs_write (fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t of
       return;
     }
 
-  switch (control_id (ino))
+  int id = control_id (ino);
+  if (id != CTL_START && id != CTL_CANCEL)
     {
-    case CTL_START:
-      {
-        /* Each write(2) is one command, as in sysfs: `echo full > start` is one write. */
-        SyncStartFlags flags = 0;
-        if (!sync_engine_parse_start_words (m->engine, buf, size, &flags, &error)
-            || !sync_engine_start (m->engine, flags, &error))
-          {
-            int err = errno_from_error (error);
-            if (err == EIO)
-              g_warning ("start: %s", error->message);
-            else
-              g_info ("start refused: %s", error->message);
-            fuse_reply_err (req, err);
-            return;
-          }
-        fuse_reply_write (req, size);
-        return;
-      }
-    case CTL_CANCEL:
-      /* Returns once the cancel is recorded; with no run active it changes nothing. */
-      if (sync_engine_cancel (m->engine))
-        g_info ("cancel recorded");
-      fuse_reply_write (req, size);
-      return;
-    default:
       fuse_reply_err (req, EBADF);
+      return;
     }
+  ((CommandHandle *) (uintptr_t) fi->fh)->wrote = TRUE;
+  int err = run_command (m, id, buf, size);
+  if (err != 0)
+    fuse_reply_err (req, err);
+  else
+    fuse_reply_write (req, size);
 }
+
 
 static void
 fs_poll (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi, struct fuse_pollhandle *ph)
@@ -1581,9 +1613,10 @@ fs_mount_new (const FsConfig *config, char **fuse_argv, const char *mountpoint, 
   int argc = (int) g_strv_length (fuse_argv);
   struct fuse_args args = FUSE_ARGS_INIT (argc, fuse_argv);
   m->se = fuse_session_new (&args, &fs_ops, sizeof fs_ops, m);
+  fuse_opt_free_args (&args);   /* libfuse may have copied argv while parsing */
   if (m->se == NULL)
     {
-      g_set_error (error, FS_ERROR, FS_ERROR_SESSION, "libfuse refused the mount options (see above)");
+      g_set_error (error, FS_ERROR, FS_ERROR_OPTIONS, "libfuse refused the mount options (see above)");
       fs_mount_free (m);
       return NULL;
     }

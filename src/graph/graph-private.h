@@ -127,4 +127,61 @@ void graph_http_response_clear (GraphHttpResponse *response);
 /* Connections opened so far (a reuse check for tests). */
 guint64 graph_http_connections_opened (GraphHttp *http);
 
+/* ---- the client (graph-client.c, graph-auth.c) ------------------------------------- */
+
+/* Lock order, outermost first: refresh_lock > token_lock; gate_lock is a leaf. No lock is
+ * held across network I/O except refresh_lock (so one refresh runs while the others wait
+ * for its result instead of each spending the rotated refresh token). */
+struct _GraphClient {
+  char      *graph_url;        /* no trailing '/' */
+  char      *login_url;
+  char      *tenant;
+  char      *client_id;
+  char      *token_file;
+  GraphHttp *http;
+  guint      max_retries;
+  gint64     retry_base_ms;
+  gint64     retry_max_ms;
+
+  GMutex     gate_lock;
+  GCond      gate_cond;        /* broadcast when the gate changes or a waiter is cancelled */
+  gint64     gate_until;       /* monotonic µs before which no request starts; protected by gate_lock */
+
+  GMutex     refresh_lock;
+  GMutex     token_lock;
+  char      *access_token;     /* protected by token_lock */
+  char      *refresh_token;    /* protected by token_lock */
+  gint64     expires_at;       /* unix seconds; protected by token_lock */
+  gint64     refresh_margin_s; /* refresh this long before expiry; protected by token_lock */
+  guint64    token_generation; /* bumps on every new access token; protected by token_lock */
+};
+
+/* One logical request: the attempt loop around graph_http_perform with the one policy. */
+typedef struct {
+  GraphHttpRequest http;        /* bearer is filled in per attempt when authenticated */
+  gboolean         authenticated;
+  /* Called before each attempt (e.g. to set Range from what the fd already holds). */
+  gboolean       (*before_attempt) (GraphHttpRequest *request, gpointer data, GError **error);
+  gpointer         data;
+} GraphCall;
+
+/* TRUE when an answer below 400 arrived (2xx, or 3xx which the caller interprets); else the
+ * mapped error after the policy's retries. @response holds the last answer either way. */
+gboolean graph_client_call (GraphClient *client, GraphCall *call, GraphHttpResponse *response,
+                            GCancellable *cancel, GError **error);
+/* Waits until the process-wide gate is open; FALSE + CANCELLED if @cancel fires first. */
+gboolean graph_client_wait_gate (GraphClient *client, GCancellable *cancel, GError **error);
+/* Waits @delay_ms (cancellable). */
+gboolean graph_client_sleep (GraphClient *client, gint64 delay_ms, GCancellable *cancel, GError **error);
+
+/* graph-auth.c */
+gboolean graph_auth_load (GraphClient *client, GError **error);
+/* A valid access token (refreshing first when it is missing or about to expire). */
+char *graph_auth_access_token (GraphClient *client, guint64 *generation, GCancellable *cancel, GError **error);
+/* Refreshes unless another thread already replaced the token of @failed_generation. */
+gboolean graph_auth_refresh (GraphClient *client, guint64 failed_generation, GCancellable *cancel, GError **error);
+/* Writes the token file atomically (temp file 0600, fsync, rename, fsync of the folder). */
+gboolean graph_auth_save (const char *path, const char *refresh_token, const char *access_token,
+                          gint64 expires_at, GError **error);
+
 G_END_DECLS

@@ -211,8 +211,8 @@ test_usage (Fixture *f, gconstpointer data)
   g_assert_error (error, FS_OPTIONS_ERROR, FS_OPTIONS_ERROR_USAGE);
   g_clear_error (&error);
 
-  g_autoptr (FsOptions) two = parse (f, &error, "/a", "/b", NULL);
-  g_assert_null (two);
+  g_autoptr (FsOptions) three = parse (f, &error, "p", "/a", "/b", NULL);
+  g_assert_null (three);
   g_assert_error (error, FS_OPTIONS_ERROR, FS_OPTIONS_ERROR_USAGE);
   g_clear_error (&error);
 
@@ -234,6 +234,30 @@ test_usage (Fixture *f, gconstpointer data)
   g_autoptr (FsOptions) verbose = parse (f, &error, "-o", "verbose", "/m", NULL);
   g_assert_no_error (error);
   g_assert_true (verbose->verbose);
+}
+
+/* mount(8) for an fstab line: onedrive-syncfs PROFILE MOUNTPOINT -o rw,nosuid,nodev,_netdev,... */
+static void
+test_fstab_form (Fixture *f, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (FsOptions) o = parse (f, &error, "work", "/home/a/OneDrive", "-o",
+                                   "rw,nosuid,nodev,_netdev,noauto,user,nofail,x-systemd.automount,ro,sync_on_mount",
+                                   NULL);
+  g_assert_no_error (error);
+  g_assert_cmpstr (o->profile, ==, "work");
+  g_assert_cmpstr (o->mountpoint, ==, "/home/a/OneDrive");
+  g_assert_true (o->sync_on_mount);
+  g_assert_false (fuse_argv_has (o, "_netdev"));
+  g_assert_false (fuse_argv_has (o, "x-systemd"));
+  g_assert_false (fuse_argv_has (o, "noauto"));
+  g_assert_false (fuse_argv_has (o, "ro,"));   /* exclusion by rm needs a writable mount */
+  g_assert_true (fuse_argv_has (o, "nosuid"));  /* generic flags go on to libfuse */
+
+  /* -o profile= wins over the positional profile. */
+  g_autoptr (FsOptions) p = parse (f, &error, "work", "/m", "-o", "profile=home", NULL);
+  g_assert_no_error (error);
+  g_assert_cmpstr (p->profile, ==, "home");
 }
 
 static void
@@ -267,6 +291,7 @@ main (int argc, char **argv)
   ADD ("/fs-options/invalid-values", test_invalid_values);
   ADD ("/fs-options/broken-config", test_broken_config);
   ADD ("/fs-options/usage", test_usage);
+  ADD ("/fs-options/fstab-form", test_fstab_form);
   g_test_add_func ("/fs-options/sizes", test_sizes);
   return g_test_run ();
 }

@@ -168,12 +168,20 @@ ctl_status_progress (const cJSON *status, CtlProgress *out)
    * makes done reach total. */
   static const char *const parts[] = { "files_processed", "files_unchanged", "files_failed",
                                        "files_filtered" };
-  gint64 done = -1;
-  for (gsize i = 0; i < G_N_ELEMENTS (parts); i++)
+  /* "current" (docs/status.md) is exactly that count; the sum is for older documents. */
+  gint64 done = num (status, "current");
+  for (gsize i = 0; done < 0 && i < G_N_ELEMENTS (parts); i++)
     {
       gint64 n = num (status, parts[i]);
       if (n >= 0)
         done = (done < 0 ? 0 : done) + n;
+    }
+  /* The loop above stops at the first part once it has a value: sum all of them. */
+  if (num (status, "current") < 0 && done >= 0)
+    {
+      done = 0;
+      for (gsize i = 0; i < G_N_ELEMENTS (parts); i++)
+        done += MAX (0, num (status, parts[i]));
     }
   if (done < 0)
     done = num (status, "files_done");
@@ -482,9 +490,11 @@ ctl_event_is_notable (const char *line, gsize len)
   const char *name = cJSON_IsObject (ev) ? str (ev, "event") : NULL;
   if (!name)
     return TRUE;   /* something we do not understand: show it rather than hide it */
-  static const char *const routine[] = { "file_started", "file_done", "file_progress", "progress",
-                                         "file_unchanged", "folder_done", "file_added",
-                                         "file_updated", "page", "delta_page", "status" };
+  /* Per-file and progress events (docs/status.md's engine emits these); everything else —
+   * file_failed, run_started, run_finished, cancel_requested, source_resync, events_lost and
+   * any event this tool does not know — is shown. */
+  static const char *const routine[] = { "file_started", "file_published", "file_cancelled",
+                                         "file_filtered", "progress", "file_done" };
   for (gsize i = 0; i < G_N_ELEMENTS (routine); i++)
     if (strcmp (name, routine[i]) == 0)
       return FALSE;
@@ -527,7 +537,7 @@ ctl_rate_get (const CtlRate *rate, gint64 window_us)
 }
 
 char *
-ctl_format_bar (const CtlProgress *p, double rate, guint width)
+ctl_format_bar (const CtlProgress *p, double rate, double files_rate, guint width)
 {
   /* The fraction: by bytes when both byte figures are known (what takes time), else by files. */
   double frac = -1;
@@ -561,13 +571,19 @@ ctl_format_bar (const CtlProgress *p, double rate, guint width)
           g_string_append_printf (tail, "/%s", bt);
         }
     }
-  if (rate >= 0)
+  if (rate >= 0 || files_rate >= 0)
     {
-      g_autofree char *r = ctl_format_bytes ((gint64) rate);
-      g_string_append_printf (tail, "  %s/s", r);
+      if (rate >= 0)
+        {
+          g_autofree char *r = ctl_format_bytes ((gint64) rate);
+          g_string_append_printf (tail, "  %s/s", r);
+        }
+      /* ETA from bytes when the total is known (it is what takes time), else from files. */
       gint64 eta = -1;
       if (p->bytes_total > 0 && p->bytes_done >= 0 && rate > 0)
         eta = (gint64) ceil ((double) MAX (0, p->bytes_total - p->bytes_done) / rate);
+      else if (p->files_total > 0 && p->files_done >= 0 && files_rate > 0)
+        eta = (gint64) ceil ((double) MAX (0, p->files_total - p->files_done) / files_rate);
       if (eta >= 0)
         {
           g_autofree char *e = ctl_format_duration (eta);

@@ -12,6 +12,8 @@
 #include "ctl-format.h"
 #include "ctl-login.h"
 
+#include <onedrive-syncfs/graph-client.h>
+
 #include <stdio.h>
 #include <string.h>
 
@@ -86,6 +88,32 @@ load_settings (LoginSettings *s, GError **error)
   return TRUE;
 }
 
+static void
+show_code (const char *uri, const char *user_code, const char *message, gpointer user_data)
+{
+  /* stdout, flushed: a script or a test reads the URL and the code while we wait. */
+  printf ("To sign in, open %s and enter the code %s\n", uri, user_code);
+  fflush (stdout);
+  fprintf (stderr, "Waiting for the sign-in to be approved (Ctrl-C to give up)...\n");
+}
+
+/* The exit code for a failed sign-in, from the OAuth error codes the Graph client keeps:
+ * declined and expired are told apart because a script reacts differently (ask the user
+ * again vs. start over). An AUTH error without a code is the client's own deadline: the code
+ * expired while we polled. */
+static CtlExit
+login_failure_code (const GError *error)
+{
+  if (!g_error_matches (error, GRAPH_ERROR, GRAPH_ERROR_AUTH))
+    return CTL_EXIT_ERROR;
+  if (graph_error_has_code (error, "authorization_declined") || graph_error_has_code (error, "access_denied"))
+    return CTL_EXIT_LOGIN_DECLINED;
+  if (graph_error_has_code (error, "expired_token") || graph_error_has_code (error, "code_expired")
+      || graph_error_code (error, 0) == NULL)
+    return CTL_EXIT_LOGIN_EXPIRED;
+  return CTL_EXIT_ERROR;
+}
+
 int
 ctl_login_main (int argc, char **argv)
 {
@@ -123,7 +151,27 @@ ctl_login_main (int argc, char **argv)
                s.profile, s.profile, s.config);
       return CTL_EXIT_NOT_CONFIGURED;
     }
-  fprintf (stderr, "onedrive-syncctl: login is not available in this build yet "
-                   "(the Graph client has no device-code API)\n");
-  return CTL_EXIT_ERROR;
+
+  GraphConfig config = {
+    .graph_url = s.graph_url,
+    .login_url = s.login_url,
+    .tenant = s.tenant,
+    .client_id = s.client_id,
+    .ca_file = s.ca_file,
+    .token_file = s.token_file,
+  };
+  g_autoptr (GraphClient) client = graph_client_new (&config, &error);
+  if (!client)
+    {
+      fprintf (stderr, "onedrive-syncctl: %s\n", error->message);
+      return CTL_EXIT_ERROR;
+    }
+  if (!graph_client_login_device_code (client, show_code, NULL, NULL, &error))
+    {
+      CtlExit code = login_failure_code (error);
+      fprintf (stderr, "onedrive-syncctl: sign-in failed: %s\n", error->message);
+      return code;
+    }
+  printf ("Signed in. The token is stored in %s (mode 0600).\n", s.token_file);
+  return CTL_EXIT_OK;
 }

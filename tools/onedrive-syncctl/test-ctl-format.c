@@ -71,6 +71,11 @@ test_progress (void)
   g_assert_cmpint (p.files_done, ==, -1);
   g_assert_cmpint (p.files_total, ==, -1);
   g_assert_cmpstr (ctl_status_state (empty), ==, "unknown");
+
+  /* "current" (docs/status.md) wins over the sum of the parts. */
+  g_autoptr (cJSON) cur = parse ("{\"current\":9,\"total\":10,\"files_processed\":1}");
+  ctl_status_progress (cur, &p);
+  g_assert_cmpint (p.files_done, ==, 9);
   g_assert_null (ctl_status_run_key (empty));
 }
 
@@ -129,7 +134,7 @@ test_event_lines (void)
   g_assert_cmpstr (out, ==, want);
   g_assert_true (ctl_event_is_notable (line, strlen (line)));
 
-  const char *done = "{\"seq\":5,\"time\":1796292001,\"event\":\"file_done\",\"path\":\"/x\"}";
+  const char *done = "{\"seq\":5,\"time\":1796292001,\"event\":\"file_published\",\"path\":\"/x\"}";
   g_assert_false (ctl_event_is_notable (done, strlen (done)));
 
   g_autofree char *raw = ctl_format_event ("not json\n", 9);
@@ -186,19 +191,22 @@ test_bar (void)
 {
   CtlProgress p = { .files_done = 120, .files_total = 300, .files_failed = 0,
                     .bytes_done = 1048576, .bytes_total = 4 * 1048576 };
-  g_autofree char *b = ctl_format_bar (&p, 1048576.0, 100);
+  g_autofree char *b = ctl_format_bar (&p, 1048576.0, -1, 100);
   g_assert_true (g_str_has_prefix (b, "[##########"));
   g_assert_nonnull (strstr (b, "]  25%  120/300 files  1.0 MiB/4.0 MiB  1.0 MiB/s  ETA 3s"));
   g_assert_cmpuint (strlen (b), <=, 100);
 
   /* Unknown byte total: the fraction comes from files, no ETA figure. */
   CtlProgress q = { .files_done = 1, .files_total = 4, .files_failed = 1, .bytes_done = 10, .bytes_total = -1 };
-  g_autofree char *c = ctl_format_bar (&q, -1, 80);
+  g_autofree char *c = ctl_format_bar (&q, -1, -1, 80);
   g_assert_nonnull (strstr (c, "  25%  1/4 files (1 failed)  10 B"));
   g_assert_null (strstr (c, "ETA"));
+  /* ...unless files move: 3 files left at 0.5 files/s. */
+  g_autofree char *e = ctl_format_bar (&q, 100.0, 0.5, 100);
+  g_assert_nonnull (strstr (e, "  100 B/s  ETA 6s"));
 
   /* A narrow terminal drops the bar, never overflows. */
-  g_autofree char *d = ctl_format_bar (&p, 1048576.0, 30);
+  g_autofree char *d = ctl_format_bar (&p, 1048576.0, -1, 30);
   g_assert_cmpuint (strlen (d), <=, 30);
   g_assert_false (g_str_has_prefix (d, "["));
 }

@@ -1,0 +1,425 @@
+/* Staging a delta set and committing it: the heart of the invariant.
+ *
+ * A set is staged page by page into `staged` (one short transaction per page). Duplicates
+ * collapse there: the row key is (source, drive, item) and INSERT OR REPLACE gives the newer
+ * occurrence a new seq, so the last occurrence wins and keeps its place in page order.
+ *
+ * store_stage_commit is ONE transaction that, set-wise in SQL (no per-item round trips):
+ *   1. creates an inode for every item never seen (so children can name parents that come
+ *      later in the set: delta promises no order);
+ *   2. resolves each item's mount parent from its parentReference.id — never from paths,
+ *      which delta reports stale or not at all;
+ *   3. decides the action against what the mount shows (the published columns):
+ *        never published            → DOWNLOAD (file) / MKDIR (folder)
+ *        quickXorHash (else cTag, else size/mtime/eTag) differs → UPDATE
+ *        same content, new name or parent → MOVE (file) / MKDIR (folder): metadata only
+ *        deleted facet              → DELETE, cascading to the descendants it knows (the
+ *                                     target tree already holds this set's moves, so an item
+ *                                     re-parented in the same set is not a descendant)
+ *        nothing differs            → no work, and any older work for it is obsolete
+ *      Tombstones for ids never seen match no row and do nothing. Items under an exclusion
+ *      are recorded but not queued. A reconcile also deletes this source's items the set did
+ *      not contain (server wins);
+ *   4. queues the work (one row per item: UNIQUE(ino), so overlapping sources cannot queue an
+ *      item twice) in an order that is safe to apply by ascending work id: deletes deepest
+ *      first, then folders parents first, then moves, updates, downloads;
+ *   5. stores the new cursor and clears the staged rows.
+ * Work that still applies keeps its id, attempts and backoff; work whose target changed gets a
+ * new id, which also tells an in-flight publish of the old target that it was superseded.
+ */
+#include "config.h"
+
+#include "store-private.h"
+
+#include <string.h>
+
+/* staged.action uses StoreAction values; NULL means nothing to do. */
+G_STATIC_ASSERT (STORE_ACTION_DOWNLOAD == 0 && STORE_ACTION_UPDATE == 1 && STORE_ACTION_MOVE == 2 &&
+                 STORE_ACTION_DELETE == 3 && STORE_ACTION_MKDIR == 4);
+G_STATIC_ASSERT (STORE_KIND_FILE == 0 && STORE_KIND_DIR == 1);
+
+#define MAX_DEPTH 256
+
+gboolean
+store_stage_begin (Store *store, gint64 source_id, GError **error)
+{
+  g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&store->write_lock);
+  g_autoptr (StoreStmt) st = store_conn_stmt (store->writer,
+      "DELETE FROM staged WHERE source_id = ?1", error);
+  if (st == NULL)
+    return FALSE;
+  sqlite3_bind_int64 (st, 1, source_id);
+  return store_stmt_run (store->writer, st, "stage begin", error);
+}
+
+static char *
+source_drive (StoreConn *w, gint64 source_id, GError **error)
+{
+  g_autoptr (StoreStmt) st = store_conn_stmt (w, "SELECT drive_id FROM sources WHERE id = ?1", error);
+  if (st == NULL)
+    return NULL;
+  sqlite3_bind_int64 (st, 1, source_id);
+  if (sqlite3_step (st) != SQLITE_ROW)
+    {
+      g_set_error (error, STORE_ERROR, STORE_ERROR_NOT_FOUND, "no source %" G_GINT64_FORMAT, source_id);
+      return NULL;
+    }
+  return store_col_dup (st, 0);
+}
+
+static gboolean
+stage_add_locked (Store *store, gint64 source_id, GPtrArray *items, GError **error)
+{
+  StoreConn *w = store->writer;
+  g_autofree char *drive = source_drive (w, source_id, error);
+  if (drive == NULL)
+    return FALSE;
+  g_autoptr (StoreStmt) st = store_conn_stmt (w,
+      "INSERT OR REPLACE INTO staged (source_id, drive_id, item_id, parent_id, name, kind, deleted,"
+      " is_root, size, mtime, etag, ctag, qxh, name_problem)"
+      " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)", error);
+  if (st == NULL)
+    return FALSE;
+  for (guint i = 0; i < items->len; i++)
+    {
+      const GraphItem *it = items->pdata[i];
+      if (it == NULL || it->id == NULL)
+        continue;
+      /* Packages (OneNote) and shortcuts to other drives are not mirrored; their tombstones
+       * are staged like any other (harmless when the id was never seen). */
+      if (!it->deleted && (it->kind == GRAPH_ITEM_PACKAGE || it->kind == GRAPH_ITEM_REMOTE))
+        continue;
+      sqlite3_bind_int64 (st, 1, source_id);
+      sqlite3_bind_text (st, 2, it->drive_id ? it->drive_id : drive, -1, SQLITE_STATIC);
+      sqlite3_bind_text (st, 3, it->id, -1, SQLITE_STATIC);
+      sqlite3_bind_text (st, 4, it->parent_id, -1, SQLITE_STATIC);
+      sqlite3_bind_text (st, 5, it->name, -1, SQLITE_STATIC);
+      sqlite3_bind_int (st, 6, it->kind == GRAPH_ITEM_FOLDER || it->is_root ? STORE_KIND_DIR : STORE_KIND_FILE);
+      sqlite3_bind_int (st, 7, it->deleted ? 1 : 0);
+      sqlite3_bind_int (st, 8, it->is_root ? 1 : 0);
+      sqlite3_bind_int64 (st, 9, it->size);
+      sqlite3_bind_int64 (st, 10, it->mtime);
+      sqlite3_bind_text (st, 11, it->etag, -1, SQLITE_STATIC);
+      sqlite3_bind_text (st, 12, it->ctag, -1, SQLITE_STATIC);
+      sqlite3_bind_text (st, 13, it->quickxor_hash, -1, SQLITE_STATIC);
+      sqlite3_bind_text (st, 14, it->name_problem, -1, SQLITE_STATIC);
+      if (!store_stmt_run (w, st, "stage item", error))
+        return FALSE;
+    }
+  return TRUE;
+}
+
+gboolean
+store_stage_add (Store *store, gint64 source_id, GPtrArray *graph_items, GError **error)
+{
+  g_return_val_if_fail (graph_items != NULL, FALSE);
+  g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&store->write_lock);
+  if (!store_begin (store, error))
+    return FALSE;
+  if (!stage_add_locked (store, source_id, graph_items, error))
+    {
+      store_rollback (store);
+      return FALSE;
+    }
+  return store_commit (store, error);
+}
+
+/* ---- commit ---------------------------------------------------------------------------- */
+
+static gboolean
+run_sql (StoreConn *w, const char *sql, gint64 source_id, const char *what, int *changes,
+         GError **error)
+{
+  g_autoptr (StoreStmt) st = store_conn_stmt (w, sql, error);
+  if (st == NULL)
+    return FALSE;
+  if (sqlite3_bind_parameter_count (st) >= 1)
+    sqlite3_bind_int64 (st, 1, source_id);
+  if (!store_stmt_run (w, st, what, error))
+    return FALSE;
+  if (changes)
+    *changes = sqlite3_changes (w->db);
+  return TRUE;
+}
+
+#define STEP(sql, what) \
+  G_STMT_START { if (!run_sql (w, sql, source_id, what, NULL, error)) return FALSE; } G_STMT_END
+
+typedef struct {
+  gint64 ino;
+  gint64 parent;
+  int    depth;
+} Dir;
+
+static int
+dir_cmp (gconstpointer a, gconstpointer b)
+{
+  const Dir *x = a, *y = b;
+  if (x->depth != y->depth)
+    return x->depth < y->depth ? -1 : 1;
+  return x->ino < y->ino ? -1 : x->ino > y->ino;
+}
+
+/* New or moved folders, parents before children: depth within the set's own folders. */
+static gboolean
+queue_mkdirs (StoreConn *w, gint64 source_id, guint *count, GError **error)
+{
+  g_autoptr (GArray) dirs = g_array_new (FALSE, FALSE, sizeof (Dir));
+  {
+    g_autoptr (StoreStmt) st = store_conn_stmt (w,
+        "SELECT ino, t_parent_ino FROM staged WHERE source_id = ?1 AND action = 4 AND keep = 0"
+        " AND ino NOT IN (SELECT ino FROM temp.doomed)", error);
+    if (st == NULL)
+      return FALSE;
+    sqlite3_bind_int64 (st, 1, source_id);
+    int rc;
+    while ((rc = sqlite3_step (st)) == SQLITE_ROW)
+      {
+        Dir d = { sqlite3_column_int64 (st, 0), sqlite3_column_int64 (st, 1), -1 };
+        g_array_append_val (dirs, d);
+      }
+    if (rc != SQLITE_DONE)
+      {
+        store_set_sqlite_error (error, w, rc, "folders");
+        return FALSE;
+      }
+  }
+  g_autoptr (GHashTable) index = g_hash_table_new (g_int64_hash, g_int64_equal);
+  for (guint i = 0; i < dirs->len; i++)
+    g_hash_table_insert (index, &g_array_index (dirs, Dir, i).ino, &g_array_index (dirs, Dir, i));
+  for (guint i = 0; i < dirs->len; i++)
+    {
+      /* Walk up to the first ancestor whose depth is known or that is not in the set. */
+      Dir *chain[MAX_DEPTH];
+      int n = 0;
+      Dir *d = &g_array_index (dirs, Dir, i);
+      while (d != NULL && d->depth < 0 && n < MAX_DEPTH)
+        {
+          d->depth = MAX_DEPTH; /* marks "on the current path": a cycle ends here */
+          chain[n++] = d;
+          d = g_hash_table_lookup (index, &d->parent);
+        }
+      int base = d != NULL && d->depth < MAX_DEPTH ? d->depth + 1 : 0;
+      for (int k = n - 1; k >= 0; k--)
+        chain[k]->depth = base++;
+    }
+  g_array_sort (dirs, dir_cmp);
+
+  g_autoptr (StoreStmt) ins = store_conn_stmt (w,
+      "INSERT OR REPLACE INTO work (ino, source_id, action) VALUES (?1, ?2, 4)", error);
+  if (ins == NULL)
+    return FALSE;
+  for (guint i = 0; i < dirs->len; i++)
+    {
+      sqlite3_bind_int64 (ins, 1, g_array_index (dirs, Dir, i).ino);
+      sqlite3_bind_int64 (ins, 2, source_id);
+      if (!store_stmt_run (w, ins, "queue folder", error))
+        return FALSE;
+    }
+  *count = dirs->len;
+  return TRUE;
+}
+
+static gboolean
+commit_locked (Store *store, gint64 source_id, const char *delta_link, gboolean reconcile,
+               StoreCommitStats *stats, GError **error)
+{
+  StoreConn *w = store->writer;
+  g_autofree char *drive = source_drive (w, source_id, error);
+  if (drive == NULL)
+    return FALSE;
+
+  if (!store_conn_exec (w, "CREATE TEMP TABLE IF NOT EXISTS doomed"
+                           " (ino INTEGER PRIMARY KEY, depth INTEGER NOT NULL);"
+                           "DELETE FROM temp.doomed;", error))
+    return FALSE;
+
+  /* 1. An inode for every item never seen. */
+  STEP ("INSERT INTO items (drive_id, item_id, source_id, kind, state, parent_id, t_name,"
+        " r_size, r_mtime, r_etag, r_ctag, r_qxh, r_name_problem)"
+        " SELECT s.drive_id, s.item_id, ?1, s.kind, 0, s.parent_id, coalesce(s.name, ''),"
+        "  max(s.size, 0), s.mtime, s.etag, s.ctag, s.qxh, s.name_problem"
+        " FROM staged s WHERE s.source_id = ?1 AND s.deleted = 0 AND NOT EXISTS"
+        "  (SELECT 1 FROM items i WHERE i.drive_id = s.drive_id AND i.item_id = s.item_id)"
+        " ORDER BY s.seq", "new items");
+  STEP ("UPDATE staged SET ino = i.ino FROM items i WHERE staged.source_id = ?1"
+        " AND i.drive_id = staged.drive_id AND i.item_id = staged.item_id", "match items");
+
+  /* 2. The mount parent, from the parentReference.id chain. */
+  STEP ("UPDATE staged SET t_parent_ino = p.ino FROM items p WHERE staged.source_id = ?1"
+        " AND staged.parent_id IS NOT NULL AND p.drive_id = staged.drive_id"
+        " AND p.item_id = staged.parent_id", "parents");
+
+  /* 3. The action, against what the mount shows. */
+  STEP ("UPDATE staged SET action = CASE"
+        "  WHEN i.state = 2 THEN NULL"
+        "  WHEN staged.deleted THEN CASE WHEN i.anchored THEN NULL ELSE 3 END"
+        "  WHEN i.anchored THEN CASE WHEN i.state = 1 THEN NULL ELSE 4 END"
+        "  WHEN i.state <> 1 THEN CASE WHEN i.kind = 1 THEN 4 ELSE 0 END"
+        "  WHEN i.kind = 0 AND (CASE"
+        "    WHEN staged.qxh IS NOT NULL AND i.qxh IS NOT NULL"
+        "      THEN staged.qxh <> i.qxh OR (staged.size >= 0 AND staged.size <> i.size)"
+        "    WHEN staged.ctag IS NOT NULL AND i.ctag IS NOT NULL"
+        "      THEN staged.ctag <> i.ctag OR (staged.size >= 0 AND staged.size <> i.size)"
+        "    ELSE (staged.size >= 0 AND staged.size <> i.size) OR staged.mtime <> i.mtime"
+        "      OR staged.etag IS NOT i.etag END) THEN 1"
+        "  WHEN i.name IS NOT coalesce(staged.name, '') OR i.parent_ino IS NOT staged.t_parent_ino"
+        "    THEN CASE WHEN i.kind = 1 THEN 4 ELSE 2 END"
+        "  ELSE NULL END"
+        " FROM items i WHERE staged.source_id = ?1 AND i.ino = staged.ino", "actions");
+  /* Queued work that still aims at the same bytes keeps its id, attempts and backoff. */
+  STEP ("UPDATE staged SET keep = 1 FROM items i, work w WHERE staged.source_id = ?1"
+        " AND staged.action IS NOT NULL AND i.ino = staged.ino AND w.ino = staged.ino"
+        " AND w.action = staged.action AND (staged.action NOT IN (0, 1)"
+        "  OR (i.r_qxh IS staged.qxh AND i.r_ctag IS staged.ctag AND i.r_size = max(staged.size, 0)))",
+        "keep");
+
+  /* The latest remote state becomes the target; configured folders keep their place. */
+  STEP ("UPDATE items SET source_id = ?1,"
+        " parent_id = CASE WHEN items.anchored THEN items.parent_id ELSE s.parent_id END,"
+        " t_parent_ino = CASE WHEN items.anchored THEN items.t_parent_ino ELSE s.t_parent_ino END,"
+        " t_name = CASE WHEN items.anchored THEN items.t_name ELSE coalesce(s.name, '') END,"
+        " r_size = max(s.size, 0), r_mtime = s.mtime, r_etag = s.etag, r_ctag = s.ctag,"
+        " r_qxh = s.qxh,"
+        " r_name_problem = CASE WHEN items.anchored THEN NULL ELSE s.name_problem END"
+        " FROM staged s WHERE s.source_id = ?1 AND s.deleted = 0 AND items.ino = s.ino",
+        "targets");
+  /* Same bytes, same place: only mtime / tags to refresh; no bytes involved, so no work. */
+  STEP ("UPDATE items SET mtime = r_mtime, etag = r_etag, ctag = r_ctag FROM staged s"
+        " WHERE s.source_id = ?1 AND s.ino = items.ino AND s.action IS NULL AND s.deleted = 0"
+        " AND items.state = 1 AND items.anchored = 0", "refresh");
+
+  /* Exclusions: new items below an excluded folder are recorded as excluded, not queued. */
+  {
+    gint64 excluded = 0;
+    g_autoptr (StoreStmt) st = store_conn_stmt (w, "SELECT EXISTS (SELECT 1 FROM items WHERE state = 2)", error);
+    if (st == NULL)
+      return FALSE;
+    if (sqlite3_step (st) == SQLITE_ROW)
+      excluded = sqlite3_column_int64 (st, 0);
+    sqlite3_reset (st);
+    for (int round = 0; excluded && round < MAX_DEPTH; round++)
+      {
+        int changes = 0;
+        if (!run_sql (w, "UPDATE items SET state = 2 WHERE state IN (0, 3)"
+                         " AND t_parent_ino IN (SELECT ino FROM items WHERE state = 2)"
+                         " AND ino IN (SELECT ino FROM staged WHERE source_id = ?1)",
+                      source_id, "exclusions", &changes, error))
+          return FALSE;
+        if (changes == 0)
+          break;
+      }
+    if (excluded)
+      STEP ("UPDATE staged SET action = NULL, keep = 0 WHERE source_id = ?1 AND deleted = 0"
+            " AND action IS NOT NULL AND ino IN (SELECT ino FROM items WHERE state = 2)",
+            "excluded actions");
+  }
+
+  /* Work that no longer applies (the item is back to what the mount shows). */
+  STEP ("DELETE FROM work WHERE ino IN (SELECT ino FROM staged WHERE source_id = ?1"
+        " AND ino IS NOT NULL AND action IS NULL)", "obsolete work");
+
+  /* 4a. Deletes: tombstones, a reconcile's leftovers, and what they contain. */
+  STEP ("INSERT OR IGNORE INTO temp.doomed (ino, depth) SELECT ino, 0 FROM staged"
+        " WHERE source_id = ?1 AND deleted = 1 AND ino IS NOT NULL", "tombstones");
+  if (reconcile)
+    STEP ("INSERT OR IGNORE INTO temp.doomed (ino, depth) SELECT i.ino, 0 FROM items i"
+          " WHERE i.source_id = ?1 AND i.anchored = 0 AND NOT EXISTS (SELECT 1 FROM staged s"
+          "  WHERE s.source_id = ?1 AND s.drive_id = i.drive_id AND s.item_id = i.item_id"
+          "  AND s.deleted = 0)", "reconcile");
+  STEP ("INSERT OR REPLACE INTO temp.doomed (ino, depth)"
+        " WITH RECURSIVE sub (ino, depth) AS ("
+        "  SELECT ino, depth FROM temp.doomed"
+        "  UNION"
+        "  SELECT c.ino, sub.depth + 1 FROM items c JOIN sub ON c.t_parent_ino = sub.ino"
+        "   WHERE sub.depth < " G_STRINGIFY (MAX_DEPTH) " AND c.anchored = 0 AND NOT EXISTS"
+        "   (SELECT 1 FROM staged s WHERE s.source_id = ?1 AND s.drive_id = c.drive_id"
+        "    AND s.item_id = c.item_id AND s.deleted = 0))"
+        " SELECT ino, max(depth) FROM sub GROUP BY ino", "cascade");
+  STEP ("INSERT OR REPLACE INTO work (ino, source_id, action)"
+        " SELECT d.ino, ?1, 3 FROM temp.doomed d JOIN items i ON i.ino = d.ino"
+        " WHERE i.anchored = 0 AND i.state <> 2"
+        " AND NOT EXISTS (SELECT 1 FROM work w WHERE w.ino = d.ino AND w.action = 3)"
+        " ORDER BY d.depth DESC, d.ino", "queue deletes");
+  guint deletes = 0;
+  {
+    g_autoptr (StoreStmt) st = store_conn_stmt (w,
+        "SELECT count(*) FROM temp.doomed d JOIN items i ON i.ino = d.ino"
+        " WHERE i.anchored = 0 AND i.state <> 2", error);
+    if (st == NULL)
+      return FALSE;
+    if (sqlite3_step (st) == SQLITE_ROW)
+      deletes = sqlite3_column_int (st, 0);
+    sqlite3_reset (st);
+  }
+  /* An excluded item that is gone remotely has nothing on disk: forget it now. */
+  STEP ("DELETE FROM items WHERE ino IN (SELECT ino FROM temp.doomed) AND state = 2"
+        " AND anchored = 0", "excluded deletes");
+
+  /* 4b. Folders, parents first; then moves, updates, downloads in set order. */
+  guint mkdirs = 0; /* queue_mkdirs reports it for debugging; stats count from staged */
+  if (!queue_mkdirs (w, source_id, &mkdirs, error))
+    return FALSE;
+  STEP ("INSERT OR REPLACE INTO work (ino, source_id, action)"
+        " SELECT ino, ?1, action FROM staged WHERE source_id = ?1 AND action IN (0, 1, 2)"
+        " AND keep = 0 AND ino NOT IN (SELECT ino FROM temp.doomed)"
+        " ORDER BY CASE action WHEN 2 THEN 0 WHEN 1 THEN 1 ELSE 2 END, seq", "queue work");
+
+  if (stats)
+    {
+      memset (stats, 0, sizeof *stats);
+      stats->queued_deletes = deletes;
+      g_autoptr (StoreStmt) st = store_conn_stmt (w,
+          "SELECT action, count(*) FROM staged WHERE source_id = ?1"
+          " AND (ino IS NULL OR ino NOT IN (SELECT ino FROM temp.doomed)) GROUP BY action", error);
+      if (st == NULL)
+        return FALSE;
+      sqlite3_bind_int64 (st, 1, source_id);
+      while (sqlite3_step (st) == SQLITE_ROW)
+        {
+          guint n = sqlite3_column_int (st, 1);
+          if (sqlite3_column_type (st, 0) == SQLITE_NULL)
+            stats->unchanged += n;
+          else
+            switch (sqlite3_column_int (st, 0))
+              {
+              case STORE_ACTION_DOWNLOAD: stats->queued_downloads += n; break;
+              case STORE_ACTION_UPDATE: stats->queued_updates += n; break;
+              case STORE_ACTION_MOVE: stats->queued_moves += n; break;
+              case STORE_ACTION_MKDIR: stats->queued_mkdirs += n; break;
+              default: break;
+              }
+        }
+      sqlite3_reset (st);
+    }
+
+  /* 5. The cursor moves in the same transaction as the work it implies. */
+  {
+    g_autoptr (StoreStmt) st = store_conn_stmt (w, "UPDATE sources SET cursor = ?2 WHERE id = ?1", error);
+    if (st == NULL)
+      return FALSE;
+    sqlite3_bind_int64 (st, 1, source_id);
+    sqlite3_bind_text (st, 2, delta_link, -1, SQLITE_STATIC);
+    if (!store_stmt_run (w, st, "cursor", error))
+      return FALSE;
+  }
+  STEP ("DELETE FROM staged WHERE source_id = ?1", "clear staging");
+  if (!store_conn_exec (w, "DELETE FROM temp.doomed", error))
+    return FALSE;
+  return TRUE;
+}
+
+gboolean
+store_stage_commit (Store *store, gint64 source_id, const char *delta_link, gboolean reconcile,
+                    StoreCommitStats *stats, GError **error)
+{
+  g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&store->write_lock);
+  if (!store_begin (store, error))
+    return FALSE;
+  if (!commit_locked (store, source_id, delta_link, reconcile, stats, error))
+    {
+      store_rollback (store);
+      return FALSE;
+    }
+  return store_commit (store, error);
+}
