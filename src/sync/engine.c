@@ -343,7 +343,11 @@ publish (Run *run, const StoreWork *work, const char *object, gboolean unverifie
   gboolean superseded = FALSE;
   for (guint i = 0; ok && object && stale && i < stale->len; i++)
     superseded |= strcmp (object, stale->pdata[i]) == 0;
-  if (ok && !superseded)
+  gboolean is_folder = work->item && work->item->kind == GRAPH_ITEM_FOLDER;
+  /* A folder that appears is no news for an indexer (its files are); one renamed, moved or
+   * deleted is, since every path below it changed. */
+  gboolean news = !(is_folder && work->action == STORE_ACTION_MKDIR && !work->old_path);
+  if (ok && !superseded && news)
     {
       g_autoptr (GError) local = NULL;
       const GraphItem *it = work->item;
@@ -351,8 +355,8 @@ publish (Run *run, const StoreWork *work, const char *object, gboolean unverifie
       gboolean with_old = work->action == STORE_ACTION_MOVE || work->action == STORE_ACTION_DELETE
                           || (work->action == STORE_ACTION_MKDIR && work->old_path);
       if (!sync_changes_append (e->changes, action, work->path, with_old ? work->old_path : NULL,
-                                it ? it->id : NULL, it ? it->size : -1, it ? it->quickxor_hash : NULL,
-                                NULL, &local))
+                                it ? it->id : NULL, is_folder ? -1 : it ? it->size : -1,
+                                is_folder ? NULL : it ? it->quickxor_hash : NULL, is_folder, NULL, &local))
         g_warning ("change feed: %s", local->message);
     }
   g_mutex_unlock (&e->publish_lock);
@@ -376,15 +380,23 @@ publish (Run *run, const StoreWork *work, const char *object, gboolean unverifie
   guint64 bytes = 0;
   if ((work->action == STORE_ACTION_DOWNLOAD || work->action == STORE_ACTION_UPDATE) && work->item && work->item->size > 0)
     bytes = (guint64) work->item->size;
-  sync_status_file_done (e->status, work->path, outcome_for (work), bytes, unverified);
+  if (is_folder)
+    sync_status_folder_done (e->status, outcome_for (work));
+  else
+    sync_status_file_done (e->status, work->path, outcome_for (work), bytes, unverified);
 
-  cJSON *f = fields_path (work->path);
-  cJSON_AddStringToObject (f, "action", action_word (work));
-  if (work->old_path && work->action != STORE_ACTION_DOWNLOAD && work->action != STORE_ACTION_UPDATE)
-    cJSON_AddStringToObject (f, "old_path", work->old_path);
-  if (work->item)
-    cJSON_AddStringToObject (f, "id", work->item->id);
-  emit (e, "file_published", f);
+  if (news)
+    {
+      cJSON *f = fields_path (work->path);
+      cJSON_AddStringToObject (f, "action", action_word (work));
+      if (work->old_path && work->action != STORE_ACTION_DOWNLOAD && work->action != STORE_ACTION_UPDATE)
+        cJSON_AddStringToObject (f, "old_path", work->old_path);
+      if (work->item)
+        cJSON_AddStringToObject (f, "id", work->item->id);
+      if (is_folder)
+        cJSON_AddBoolToObject (f, "folder", 1);
+      emit (e, "file_published", f);
+    }
 
   /* Old place first (a move or delete), then the new one. */
   if (had_before)

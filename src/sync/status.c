@@ -205,6 +205,27 @@ sync_status_file_done (SyncStatus *s, const char *path, SyncOutcome outcome, gui
 }
 
 void
+sync_status_folder_done (SyncStatus *s, SyncOutcome outcome)
+{
+  g_mutex_lock (&s->lock);
+  if (s->total > 0)
+    s->total--;
+  switch (outcome)
+    {
+    case SYNC_OUTCOME_RENAMED:
+      s->c.renamed_count++;
+      break;
+    case SYNC_OUTCOME_DELETED:
+      s->c.deleted_count++;
+      break;
+    default:
+      s->c.folders_processed++;
+      break;
+    }
+  g_mutex_unlock (&s->lock);
+}
+
+void
 sync_status_file_failed (SyncStatus *s, const char *path, const char *error_type,
                          const char *message, guint attempts)
 {

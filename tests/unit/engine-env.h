@@ -18,7 +18,7 @@ typedef struct {
   char        *cache_dir;
   char        *db_path;
   char        *token_file;
-  gpointer     fake;          /* the fixture's server */
+  gpointer     fake;          /* FakeGraph* (tests/common/fake-graph-fixture.h) */
   Store       *store;
   GraphClient *client;
   SyncEngine  *engine;
