@@ -111,6 +111,7 @@ typedef struct {
   GHashTable   *unmirrored;       /* protected by lock: ids of packages / shortcuts reported */
   char         *fatal;            /* protected by lock: why the run failed */
   guint64       cache_fs_bytes;   /* total size of the cache file system, 0 unknown */
+  gboolean      announced;        /* run thread only: run_started was emitted */
 } Run;
 
 typedef struct {
@@ -656,6 +657,7 @@ report_unmirrored (Run *run, const char *source_path, const char *source_item_id
                                ? g_build_filename (source_path, it->name ? it->name : it->id, NULL)
                                : g_strdup (it->name ? it->name : it->id);
       const char *reason = it->kind == GRAPH_ITEM_PACKAGE ? "package" : "remote_item";
+      sync_status_add_total (run->engine->status, 1);   /* it is a file of this run, too */
       sync_status_file_filtered (run->engine->status, p, reason);
       cJSON *f = fields_path (p);
       cJSON_AddStringToObject (f, "reason", reason);
@@ -818,6 +820,23 @@ enumerate_source (Run *run, const char *path)
     }
 }
 
+/* run_started goes out once the sources are enumerated, so that it (and every status read it
+ * triggers) already knows the run's total; a run that ends earlier announces itself then. */
+static void
+announce_started (Run *run)
+{
+  SyncEngine *e = run->engine;
+  if (run->announced)
+    return;
+  run->announced = TRUE;
+  cJSON *f = cJSON_CreateObject ();
+  cJSON_AddNumberToObject (f, "run_id", (double) run->run_id);
+  cJSON_AddBoolToObject (f, "full", (run->flags & SYNC_START_FULL) != 0);
+  cJSON_AddBoolToObject (f, "clear_exclusions", (run->flags & SYNC_START_CLEAR_EXCLUSIONS) != 0);
+  emit (e, "run_started", f);
+  engine_notify (e, SYNC_NOTIFY_STATUS, 0, 0, NULL);
+}
+
 static void
 wait_inflight_below (Run *run, guint limit)
 {
@@ -832,14 +851,29 @@ drain_queue (Run *run)
 {
   SyncEngine *e = run->engine;
   g_autoptr (GError) error = NULL;
+  /* `total` counts files (what a person follows), so the due work is counted once up front,
+   * folders left out: one read pass over the queue, cheap beside the work itself. */
   guint total = 0;
-
-  if (store_work_count (e->store, &total, &error))
-    sync_status_add_total (e->status, total);
-  else
-    g_warning ("work count: %s", error->message);
-  g_clear_error (&error);
-  engine_notify (e, SYNC_NOTIFY_STATUS, 0, 0, NULL);
+  for (gint64 after = 0;;)
+    {
+      g_autoptr (GPtrArray) batch = store_work_next (e->store, after, 1000, &error);
+      if (!batch)
+        {
+          g_warning ("work count: %s", error->message);
+          g_clear_error (&error);
+          break;
+        }
+      if (batch->len == 0)
+        break;
+      for (guint i = 0; i < batch->len; i++)
+        {
+          StoreWork *w = batch->pdata[i];
+          after = MAX (after, w->work_id);
+          total += !(w->item && w->item->kind == GRAPH_ITEM_FOLDER);
+        }
+    }
+  sync_status_add_total (e->status, total);
+  announce_started (run);
 
   GThreadPool *pool = g_thread_pool_new (task_run, run, (gint) e->workers, FALSE, &error);
   if (!pool)
@@ -925,11 +959,6 @@ run_main (gpointer data)
       g_clear_error (&error);
     }
   sync_status_begin_run (e->status, run->run_id);
-  cJSON *f = cJSON_CreateObject ();
-  cJSON_AddNumberToObject (f, "run_id", (double) run->run_id);
-  cJSON_AddBoolToObject (f, "full", (run->flags & SYNC_START_FULL) != 0);
-  cJSON_AddBoolToObject (f, "clear_exclusions", (run->flags & SYNC_START_CLEAR_EXCLUSIONS) != 0);
-  emit (e, "run_started", f);
   engine_notify (e, SYNC_NOTIFY_STATUS, 0, 0, NULL);
 
   if (!run->fatal && (run->flags & SYNC_START_CLEAR_EXCLUSIONS))
@@ -1019,7 +1048,8 @@ run_main (gpointer data)
       g_warning ("change feed: %s", local->message);
   }
 
-  f = cJSON_CreateObject ();
+  announce_started (run);
+  cJSON *f = cJSON_CreateObject ();
   cJSON_AddNumberToObject (f, "run_id", (double) run->run_id);
   cJSON_AddStringToObject (f, "state", sync_state_to_string (final));
   cJSON_AddNumberToObject (f, "files_processed", c.files_processed);

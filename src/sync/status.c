@@ -208,8 +208,6 @@ void
 sync_status_folder_done (SyncStatus *s, SyncOutcome outcome)
 {
   g_mutex_lock (&s->lock);
-  if (s->total > 0)
-    s->total--;
   switch (outcome)
     {
     case SYNC_OUTCOME_RENAMED:
