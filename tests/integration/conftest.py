@@ -65,6 +65,10 @@ class Response:
         return f"<Response {self.status} {self.body[:200]!r}>"
 
 
+# CA bundle for https URLs (set by TLS tests while a TLS fake runs).
+CAFILE = {"path": None}
+
+
 def request(url, method="GET", headers=None, body=None, timeout=30):
     """One HTTP request on a fresh connection; redirects are never followed."""
     u = urllib.parse.urlsplit(url)
@@ -72,8 +76,7 @@ def request(url, method="GET", headers=None, body=None, timeout=30):
     kwargs = {}
     if u.scheme == "https":
         import ssl
-        ctx = ssl.create_default_context(cafile=os.environ.get("FAKE_GRAPH_CA"))
-        kwargs["context"] = ctx
+        kwargs["context"] = ssl.create_default_context(cafile=CAFILE["path"])
     conn = conn_cls(u.hostname, u.port, timeout=timeout, **kwargs)
     try:
         path = u.path + ("?" + u.query if u.query else "")
