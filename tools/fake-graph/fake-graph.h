@@ -96,7 +96,6 @@ typedef struct {
   GQueue      set_order;    /* oldest first, for eviction */
   guint       next_set;
   int         pool_fd;      /* synthetic content pool, or -1 */
-  gboolean    skip_sha;     /* while loading a synthetic drive: quickXorHash only */
 } FakeDrive;
 
 typedef enum {
