@@ -8,6 +8,7 @@ stays active until the test removes the cap."""
 import json
 import re
 import os
+import pathlib
 import pty
 import select
 import shutil
@@ -240,3 +241,40 @@ def test_follow_progress_bar(world_files):
     finally:
         p.kill()
         os.close(master)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="needs root and setpriv to act as another user")
+def test_other_user_with_allow_other(tmp_path):
+    """With allow_other another user reads the status but cannot start or cancel: the tool says
+    why and exits 1."""
+    import tempfile
+    # The mount point must be reachable by that user: pytest's tmp dirs are private.
+    base = pathlib.Path(tempfile.mkdtemp(prefix="odsf-ctl-other-"))
+    base.chmod(0o755)
+    fake = FakeGraph(tmp_path, "--device-interval", "1")
+    mount = None
+    try:
+        env = isolated_env(tmp_path)
+        write_profile(env, fake)
+        assert login(env, fake).returncode == EXIT_OK
+        mount = Daemon(tmp_path, env, base / "mnt", "allow_other")
+        as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(SYNCCTL)]
+        if not os.access(SYNCCTL, os.X_OK) or not all(
+                os.stat(p).st_mode & 0o005 for p in [SYNCCTL, *SYNCCTL.parents][:-1]):
+            pytest.skip(f"{SYNCCTL} is not reachable by another user")
+        st = subprocess.run(as_nobody + ["status", str(mount.mountpoint)], capture_output=True, text=True)
+        assert st.returncode == EXIT_OK, st.stderr
+        assert st.stdout.startswith("State:     ")
+        s = subprocess.run(as_nobody + ["start", str(mount.mountpoint)], capture_output=True, text=True)
+        assert s.returncode == 1, s
+        assert "only the owner of the mount may start a sync" in s.stderr
+        c = subprocess.run(as_nobody + ["cancel", str(mount.mountpoint)], capture_output=True, text=True)
+        assert c.returncode == 1, c
+        mount.stop()
+        mount = None
+    finally:
+        if mount:
+            mount.kill()
+        fake.stop()
+        shutil.rmtree(base, ignore_errors=True)
