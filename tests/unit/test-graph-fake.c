@@ -863,6 +863,20 @@ test_download_expired_url (Fixture *f, gconstpointer data)
   g_assert_cmpfloat (stat_number (f, "requests", "content"), ==, 2);
   close (fd);
 
+  /* a URL that really expires while a transfer is cut short: the retry finds it expired
+   * (403), asks /content for a fresh one and resumes with Range where the body stopped */
+  faults (f, "{\"clear\":true,\"download_url_ttl\":0.3,\"bandwidth_bps\":100000,"
+             "\"download_errors\":[{\"kind\":\"truncate\",\"after_bytes\":45000,\"count\":1}]}");
+  g_autoptr (cJSON) s0 = admin (f, "stats/reset", "{}");
+  fd = temp_fd (f);
+  g_assert_true (graph_client_download (f->client, NULL, a.id, a.hash, fd, NULL, NULL, NULL, NULL, &error));
+  g_assert_no_error (error);
+  g_assert_true (fd_matches (fd, a.hash));
+  g_assert_cmpfloat (stat_number (f, "requests", "content"), ==, 2);
+  g_assert_cmpfloat (stat_number (f, "statuses", "403"), ==, 1);
+  g_assert_cmpfloat (item_downloads (f, a.id, "ranged"), ==, 1);
+  close (fd);
+
   /* a 4xx twice in a row: fail after one fresh URL, do not loop */
   faults (f, "{\"clear\":true,\"errors\":[{\"status\":404,\"route\":\"download\",\"count\":2}]}");
   g_autoptr (cJSON) s1 = admin (f, "stats/reset", "{}");
