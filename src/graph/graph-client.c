@@ -357,7 +357,7 @@ graph_client_call (GraphClient *client, GraphCall *call, GraphHttpResponse *resp
             {
               g_set_error (error, GRAPH_ERROR, GRAPH_ERROR_AUTH,
                            "%s: Microsoft Graph refused a freshly refreshed access token; "
-                           "log in again", what);
+                           "log in again (onedrive-syncctl login)", what);
               graph_error_private (*error)->status = 401;
               return FALSE;
             }
