@@ -705,14 +705,8 @@ fs_opendir (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
           fuse_reply_err (req, ENOTDIR);
           return;
         }
-      /* One snapshot per opendir: offsets stay meaningful while the engine publishes. */
-      d->entries = store_readdir (m->store, ino, &error);
-      if (d->entries == NULL)
-        {
-          dir_handle_free (d);
-          fuse_reply_err (req, errno_from_error (error));
-          return;
-        }
+      /* The children are read at the first readdir, not here: when the kernel serves the
+       * listing from its cache (cache_readdir) no readdir comes and nothing is read. */
       d->is_root = ino == FUSE_ROOT_ID;
       g_auto (StoreEntry) self = { 0 };
       d->parent_ino = (d->is_root || !store_getattr (m->store, ino, &self, NULL))
@@ -736,6 +730,18 @@ do_readdir (fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_
 {
   FsMount *m = fuse_req_userdata (req);
   DirHandle *d = (DirHandle *) (uintptr_t) fi->fh;
+  if (d->entries == NULL)
+    {
+      /* One snapshot per open directory: offsets stay meaningful while the engine publishes.
+       * readdir calls on one handle are serialised by the kernel. */
+      g_autoptr (GError) error = NULL;
+      d->entries = store_readdir (m->store, d->self_ino, &error);
+      if (d->entries == NULL)
+        {
+          fuse_reply_err (req, errno_from_error (error));
+          return;
+        }
+    }
   g_autofree char *buf = g_malloc (size);
   size_t used = 0;
   guint n_extra = d->is_control ? G_N_ELEMENTS (control_files) + (d->has_remote_shadow ? 1 : 0)
