@@ -4,7 +4,7 @@
  *
  * Line 1 is a header {"format":"odsf-changes","version":1,"generation":G,"first_seq":F}.
  * Every other line is {"seq":N,"time":T,"action":A,"path":P,"old_path"?:Q,"id":I,"size":S,
- * "hash":H}, seq strictly increasing by one. The file is bounded: when an append would take it
+ * "hash":H,"folder"?:true}, seq strictly increasing by one. The file is bounded: when an append would take it
  * past max_bytes, it is rewritten (atomically, by rename) keeping the newest lines that fit in
  * half the bound, with generation + 1 and first_seq = the first kept seq. A reader that kept
  * (generation, byte offset, last seq) can therefore tell exactly whether its offset is still
@@ -30,10 +30,11 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC (SyncChanges, sync_changes_free)
 
 /* Appends one change; returns its seq via @seq (may be NULL). Call in commit order (the
  * engine calls it under the same lock as the store publish). @old_path, @id, @hash may be
- * NULL; @size < 0 is written as null. */
+ * NULL; @size < 0 is written as null; @folder adds "folder":true (a folder renamed, moved or
+ * deleted changes the paths of everything below it). */
 gboolean sync_changes_append (SyncChanges *changes, const char *action, const char *path,
                               const char *old_path, const char *id, gint64 size,
-                              const char *hash, guint64 *seq, GError **error);
+                              const char *hash, gboolean folder, guint64 *seq, GError **error);
 /* fdatasync: the lines appended so far survive a power loss. */
 gboolean sync_changes_flush (SyncChanges *changes, GError **error);
 

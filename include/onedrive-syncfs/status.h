@@ -39,7 +39,10 @@ void sync_status_begin_run (SyncStatus *status, gint64 run_id);
 /* Restores what the store remembers of the last run (after a restart), lists empty. */
 void sync_status_restore (SyncStatus *status, gint64 run_id, const SyncCounters *counters,
                           const char *last_error);
+/* Files this run will process (folders are not counted). */
 void sync_status_add_total (SyncStatus *status, guint more);
+/* Items the store found unchanged when it committed a delta set (no work, no path). */
+void sync_status_add_unchanged (SyncStatus *status, guint count);
 
 /* A worker took @path (added to current_files). */
 void sync_status_file_started (SyncStatus *status, const char *path);
@@ -47,8 +50,14 @@ void sync_status_file_started (SyncStatus *status, const char *path);
  * @unverified: published without a hash to check (listed in unverified_files). */
 void sync_status_file_done (SyncStatus *status, const char *path, SyncOutcome outcome,
                             guint64 bytes, gboolean unverified);
+/* A folder's work is done (created, renamed or moved, deleted). Folders are not files:
+ * `current` and `total` count files only; this counts folders_processed / renamed_count /
+ * deleted_count. */
+void sync_status_folder_done (SyncStatus *status, SyncOutcome outcome);
 void sync_status_file_failed (SyncStatus *status, const char *path, const char *error_type,
                               const char *message, guint attempts);
+/* A started @path ends without an outcome (a cancel interrupted it; it stays queued). */
+void sync_status_file_abandoned (SyncStatus *status, const char *path);
 /* @reason: "too_large", "excluded", "not_included", "package", ... */
 void sync_status_file_filtered (SyncStatus *status, const char *path, const char *reason);
 /* Partial bytes of in-flight transfers (progress only; no state change). */

@@ -78,6 +78,7 @@ static const struct fuse_opt raw_opts[] = {
   /* Words mount(8) passes on from an fstab entry that mean nothing to a FUSE mount. */
   FUSE_OPT_KEY ("_netdev", FUSE_OPT_KEY_DISCARD),
   FUSE_OPT_KEY ("noauto", FUSE_OPT_KEY_DISCARD),
+  FUSE_OPT_KEY ("defaults", FUSE_OPT_KEY_DISCARD),
   FUSE_OPT_KEY ("auto", FUSE_OPT_KEY_DISCARD),
   FUSE_OPT_KEY ("nofail", FUSE_OPT_KEY_DISCARD),
   FUSE_OPT_KEY ("user", FUSE_OPT_KEY_DISCARD),

@@ -104,7 +104,13 @@ typedef struct {
   struct fuse_pollhandle *ph;         /* protected by mount->lock */
 } StatusHandle;
 
+/* Lines the engine handed over that the reader's buffer could not take yet: a reader with a
+ * small buffer (Python's 8 KiB) still gets every line, in pieces. */
+#define EVENTS_REFILL_BYTES (64 * 1024)
+
 typedef struct {
+  GString   *buffered;                /* protected by mount->lock */
+  gsize      buffered_off;
   guint64    cursor;                  /* protected by mount->lock */
   fuse_req_t pending;                 /* a read waiting for events; protected by mount->lock */
   size_t     pending_size;
@@ -250,7 +256,8 @@ entry_to_stat (FsMount *m, const StoreEntry *entry, struct stat *st)
   st->st_size = entry->size > 0 ? entry->size : 0;
   st->st_blksize = 128 * 1024;
   st->st_blocks = (st->st_size + 511) / 512;
-  st->st_mtim.tv_sec = entry->mtime;
+  /* The root and synthetic folders have no time of their own: show the mount's. */
+  st->st_mtim.tv_sec = entry->mtime != 0 ? entry->mtime : m->started;
   st->st_atim = st->st_mtim;
   st->st_ctim = st->st_mtim;
 }
@@ -1041,6 +1048,7 @@ open_control (fuse_req_t req, FsMount *m, int id, struct fuse_file_info *fi)
             return;
           }
         EventsHandle *h = g_new0 (EventsHandle, 1);
+        h->buffered = g_string_new (NULL);
         h->cursor = m->engine != NULL ? sync_engine_events_head (m->engine) : 0;
         g_mutex_lock (&m->lock);
         g_ptr_array_add (m->events_handles, h);
@@ -1106,6 +1114,7 @@ release_control (fuse_req_t req, FsMount *m, int id, struct fuse_file_info *fi)
         g_mutex_unlock (&m->lock);
         if (h->ph != NULL)
           fuse_pollhandle_destroy (h->ph);
+        g_string_free (h->buffered, TRUE);
         g_free (h);
         break;
       }
@@ -1132,6 +1141,17 @@ release_control (fuse_req_t req, FsMount *m, int id, struct fuse_file_info *fi)
   fuse_reply_err (req, 0);
 }
 
+/* Replies with a private copy of @data. Once the kernel has the reply, the reader may close
+ * the file and our release may free the handle's buffer while fuse_reply_buf() is still
+ * returning; the bytes were copied by then, but a sanitizer that checks writev's buffers after
+ * the call would see freed memory. A copy of a status document or a few event lines is cheap. */
+static void
+reply_copy (fuse_req_t req, const char *data, gsize len)
+{
+  g_autofree char *copy = g_memdup2 (data, len);
+  fuse_reply_buf (req, copy, len);
+}
+
 /* Interrupt of a blocked events read (the reader got a signal): answer EINTR. Runs with
  * libfuse's req->lock held; @data is the mount, which outlives every request. */
 static void
@@ -1156,16 +1176,23 @@ events_read_interrupted (fuse_req_t req, void *data)
 static gboolean
 events_try_answer (FsMount *m, EventsHandle *h, fuse_req_t req, size_t size)
 {
-  g_autoptr (GString) out = g_string_new (NULL);
-  if (m->engine == NULL || m->closed)
+  if (h->buffered_off >= h->buffered->len)
     {
-      fuse_reply_buf (req, NULL, 0);   /* shutting down: end of stream */
-      return TRUE;
+      if (m->engine == NULL || m->closed)
+        {
+          fuse_reply_buf (req, NULL, 0);   /* shutting down: end of stream */
+          return TRUE;
+        }
+      g_string_truncate (h->buffered, 0);
+      h->buffered_off = 0;
+      sync_engine_events_read (m->engine, &h->cursor, h->buffered, MAX (size, EVENTS_REFILL_BYTES));
+      if (h->buffered->len == 0)
+        return FALSE;
     }
-  sync_engine_events_read (m->engine, &h->cursor, out, size);
-  if (out->len == 0)
-    return FALSE;
-  fuse_reply_buf (req, out->str, out->len);
+  gsize n = MIN (size, h->buffered->len - h->buffered_off);
+  gsize off = h->buffered_off;
+  h->buffered_off += n;
+  reply_copy (req, h->buffered->str + off, n);
   return TRUE;
 }
 
@@ -1208,9 +1235,11 @@ read_control (fuse_req_t req, FsMount *m, int id, size_t size, off_t off, struct
       {
         StatusHandle *h = (StatusHandle *) (uintptr_t) fi->fh;
         if ((gsize) off >= h->len)
-          fuse_reply_buf (req, NULL, 0);
-        else
-          fuse_reply_buf (req, h->json + off, MIN (size, h->len - (gsize) off));
+          {
+            fuse_reply_buf (req, NULL, 0);
+            return;
+          }
+        reply_copy (req, h->json + off, MIN (size, h->len - (gsize) off));
         return;
       }
     case CTL_EVENTS:
@@ -1320,7 +1349,8 @@ fs_poll (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi, struct fuse_
   else
     {
       EventsHandle *h = (EventsHandle *) (uintptr_t) fi->fh;
-      if (m->closed || m->engine == NULL || sync_engine_events_head (m->engine) > h->cursor)
+      if (m->closed || m->engine == NULL || h->buffered_off < h->buffered->len
+          || sync_engine_events_head (m->engine) > h->cursor)
         revents = POLLIN;
       else if (ph != NULL)
         {

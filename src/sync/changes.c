@@ -268,7 +268,8 @@ trim_locked (SyncChanges *ch, const char *line, gsize line_len, GError **error)
 
 gboolean
 sync_changes_append (SyncChanges *ch, const char *action, const char *path, const char *old_path,
-                     const char *id, gint64 size, const char *hash, guint64 *seq_out, GError **error)
+                     const char *id, gint64 size, const char *hash, gboolean folder, guint64 *seq_out,
+                     GError **error)
 {
   g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&ch->lock);
   guint64 seq = ch->next_seq;
@@ -292,6 +293,8 @@ sync_changes_append (SyncChanges *ch, const char *action, const char *path, cons
     cJSON_AddStringToObject (obj, "hash", hash);
   else
     cJSON_AddNullToObject (obj, "hash");
+  if (folder)
+    cJSON_AddBoolToObject (obj, "folder", 1);
   char *text = cJSON_PrintUnformatted (obj);
   g_autofree char *line = g_strconcat (text, "\n", NULL);
   cJSON_free (text);

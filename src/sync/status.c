@@ -153,6 +153,14 @@ sync_status_add_total (SyncStatus *s, guint more)
 }
 
 void
+sync_status_add_unchanged (SyncStatus *s, guint count)
+{
+  g_mutex_lock (&s->lock);
+  s->c.files_unchanged += count;
+  g_mutex_unlock (&s->lock);
+}
+
+void
 sync_status_file_started (SyncStatus *s, const char *path)
 {
   g_mutex_lock (&s->lock);
@@ -197,6 +205,25 @@ sync_status_file_done (SyncStatus *s, const char *path, SyncOutcome outcome, gui
 }
 
 void
+sync_status_folder_done (SyncStatus *s, SyncOutcome outcome)
+{
+  g_mutex_lock (&s->lock);
+  switch (outcome)
+    {
+    case SYNC_OUTCOME_RENAMED:
+      s->c.renamed_count++;
+      break;
+    case SYNC_OUTCOME_DELETED:
+      s->c.deleted_count++;
+      break;
+    default:
+      s->c.folders_processed++;
+      break;
+    }
+  g_mutex_unlock (&s->lock);
+}
+
+void
 sync_status_file_failed (SyncStatus *s, const char *path, const char *error_type,
                          const char *message, guint attempts)
 {
@@ -211,6 +238,14 @@ sync_status_file_failed (SyncStatus *s, const char *path, const char *error_type
   s->current++;
   s->c.files_failed++;
   g_ptr_array_add (s->failed, f);
+  g_mutex_unlock (&s->lock);
+}
+
+void
+sync_status_file_abandoned (SyncStatus *s, const char *path)
+{
+  g_mutex_lock (&s->lock);
+  g_hash_table_remove (s->current_files, path ? path : "");
   g_mutex_unlock (&s->lock);
 }
 

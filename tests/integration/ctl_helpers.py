@@ -80,8 +80,8 @@ class FakeGraph:
     """The fake Graph/OAuth server (tools/fake-graph), started on loopback ports it picks;
     its first stdout line is a JSON object with graph_url, login_url and admin_url."""
 
-    def __init__(self, tmp, *args):
-        self.proc = subprocess.Popen([str(FAKE_GRAPH), "--synthetic", "3,1K,1", "--die-with-parent", *args],
+    def __init__(self, tmp, *args, synthetic="3,1K,1"):
+        self.proc = subprocess.Popen([str(FAKE_GRAPH), "--synthetic", synthetic, "--die-with-parent", *args],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
         if not line:
@@ -104,3 +104,103 @@ class FakeGraph:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def isolated_env(tmp):
+    """XDG dirs and HOME in the test's temp dir, so nothing touches the real user's files."""
+    e = dict(os.environ)
+    e["XDG_CONFIG_HOME"] = str(tmp / "config")
+    e["XDG_CACHE_HOME"] = str(tmp / "cache")
+    e["HOME"] = str(tmp)
+    return e
+
+
+def write_profile(env, fake, profile="default", client_id="test-client", extra=""):
+    d = pathlib.Path(env["XDG_CONFIG_HOME"]) / "onedrive-syncfs"
+    d.mkdir(parents=True, exist_ok=True)
+    with open(d / "config", "a") as f:
+        f.write(f"[{profile}]\n")
+        if client_id:
+            f.write(f"client_id={client_id}\n")
+        f.write(f"login_url={fake.info['login_url']}\n")
+        f.write(f"graph_url={fake.info['graph_url']}\n")
+        f.write(extra)
+    return d / "config"
+
+
+def login(env, fake, *args):
+    """Signs in through `onedrive-syncctl login`, approving the code with the fake's admin API.
+    Returns the completed process."""
+    p = subprocess.Popen([str(SYNCCTL), "login", *args], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = p.stdout.readline()
+        assert line.startswith("To sign in, open "), (line, p.stderr.read() if p.poll() is not None else "")
+        fake.admin("POST", "devicecode/approve", {"user_code": line.split()[-1]})
+        out, err = p.communicate(timeout=30)
+    finally:
+        p.kill()
+    return subprocess.CompletedProcess(p.args, p.returncode, line + out, err)
+
+
+def is_mounted(path):
+    path = os.path.realpath(path)
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) > 2 and parts[1].encode().decode("unicode_escape") == path:
+                return parts[2]
+    return None
+
+
+def force_unmount(path):
+    subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True)
+    subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+class Daemon:
+    """The real daemon in the foreground (-f) as a child. Waits until the mount point is a mount
+    (failing fast if the child died); stop() unmounts with fusermount3 -u and expects exit 0.
+    Never leaves a mount behind."""
+
+    def __init__(self, tmp, env, mountpoint, *opts):
+        self.mountpoint = pathlib.Path(mountpoint)
+        self.mountpoint.mkdir(parents=True, exist_ok=True)
+        self.log = open(tmp / f"daemon-{self.mountpoint.name}.log", "w+")
+        args = [str(DAEMON), "-f"]
+        for o in opts:
+            args += ["-o", o]
+        args.append(str(self.mountpoint))
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + 20
+        while not is_mounted(self.mountpoint):
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited with {self.proc.returncode}: {self.output()}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise AssertionError(f"daemon did not mount: {self.output()}")
+            time.sleep(0.02)
+
+    def output(self):
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self):
+        r = subprocess.run(["fusermount3", "-u", str(self.mountpoint)], capture_output=True, text=True)
+        try:
+            rc = self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"daemon did not exit after unmount ({r.stderr}): {self.output()}")
+        assert rc == 0, f"daemon exit {rc}: {self.output()}"
+
+    def kill(self):
+        force_unmount(self.mountpoint)
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

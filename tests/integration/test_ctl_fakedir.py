@@ -91,7 +91,7 @@ def test_start_wait_exit_codes(mnt, state):
     finally:
         p.kill()
     assert p.returncode == STATE_EXIT[state], (out, err)
-    assert out.startswith(state + ": 3/3 files"), out
+    assert out.startswith(state + ": 3/3 items"), out
 
 
 def test_start_wait_fast_run_without_run_id(mnt):
@@ -154,8 +154,9 @@ def test_status_table(mnt):
     assert r.returncode == EXIT_OK, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0].startswith("State:     syncing, started 2026-12-03")
-    assert lines[1] == "Progress:  6/10 files (60%), 3.0 MiB downloaded, 1 failed"
-    assert lines[2] == "Working:   /Docs/a, /Docs/b"
+    assert lines[1] == "Progress:  6/10 items (60%), 3.0 MiB downloaded, 1 failed"
+    assert lines[2] == "Items:     4 downloaded, 1 unchanged, 1 failed"
+    assert lines[3] == "Working:   /Docs/a, /Docs/b"
     assert "Failed files (1):" in lines
     assert "  /Docs/broken.pdf: hash_mismatch: content does not match quickXorHash (2 attempts)" in lines
     assert any(l.startswith("  /Docs ") and l.endswith("processing") for l in lines)
@@ -259,14 +260,14 @@ def test_follow_progress_bar_on_pty(fifo_mnt):
 
         threading.Thread(target=open_writer, daemon=True).start()
         assert opened.wait(10)
-        out = read_pty_until(master, lambda b: b"1/4 files" in b)
+        out = read_pty_until(master, lambda b: b"1/4 items" in b)
         assert b"\r\x1b[K[" in out                      # a bar redrawn in place
         assert b"25%" in out and b"1.0 MiB/4.0 MiB" in out
 
         # Progress moves: the bar follows the status, with a rate and an ETA.
         fifo_mnt.set_status({"state": "syncing", "run_id": 1, "total": 4, "files_processed": 2,
                              "bytes_downloaded": 2 * 1048576, "bytes_total": 4 * 1048576})
-        out = read_pty_until(master, lambda b: b"2/4 files" in b and b"ETA" in b)
+        out = read_pty_until(master, lambda b: b"2/4 items" in b and b"ETA" in b)
         assert b"/s  ETA " in out
 
         # A notable event is printed on its own line above the bar; a routine one is not.

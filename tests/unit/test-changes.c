@@ -72,10 +72,10 @@ test_append_reopen (Fixture *fx, gconstpointer data)
     g_autoptr (SyncChanges) ch = sync_changes_open (fx->dir, 0, &error);
     g_assert_no_error (error);
     guint64 seq = 99;
-    g_assert_true (sync_changes_append (ch, "added", "/D/a.txt", NULL, "ID1", 5, "aCgDG9jwBgAAAAAABQAAAAAAAAA=", &seq, &error));
+    g_assert_true (sync_changes_append (ch, "added", "/D/a.txt", NULL, "ID1", 5, "aCgDG9jwBgAAAAAABQAAAAAAAAA=", FALSE, &seq, &error));
     g_assert_cmpuint (seq, ==, 0);
-    g_assert_true (sync_changes_append (ch, "moved", "/D/b.txt", "/D/a.txt", "ID1", 5, NULL, &seq, &error));
-    g_assert_true (sync_changes_append (ch, "deleted", "/D/b.txt", NULL, "ID1", -1, NULL, &seq, &error));
+    g_assert_true (sync_changes_append (ch, "moved", "/D/b.txt", "/D/a.txt", "ID1", 5, NULL, TRUE, &seq, &error));
+    g_assert_true (sync_changes_append (ch, "deleted", "/D/b.txt", NULL, "ID1", -1, NULL, FALSE, &seq, &error));
     g_assert_cmpuint (seq, ==, 2);
     g_assert_true (sync_changes_flush (ch, &error));
   }
@@ -90,6 +90,8 @@ test_append_reopen (Fixture *fx, gconstpointer data)
   g_assert_cmpstr (cJSON_GetObjectItem (moved, "old_path")->valuestring, ==, "/D/a.txt");
   g_assert_cmpstr (cJSON_GetObjectItem (moved, "id")->valuestring, ==, "ID1");
   g_assert_true (cJSON_IsNull (cJSON_GetObjectItem (moved, "hash")));
+  g_assert_true (cJSON_IsTrue (cJSON_GetObjectItem (moved, "folder")));
+  g_assert_null (cJSON_GetObjectItem (lines->pdata[1], "folder"));
   g_assert_true (cJSON_IsNull (cJSON_GetObjectItem (lines->pdata[3], "size")));
   g_assert_cmpstr (cJSON_GetObjectItem (lines->pdata[1], "hash")->valuestring, ==, "aCgDG9jwBgAAAAAABQAAAAAAAAA=");
 
@@ -98,7 +100,7 @@ test_append_reopen (Fixture *fx, gconstpointer data)
   g_assert_no_error (error);
   g_assert_cmpuint (sync_changes_next_seq (again), ==, 3);
   guint64 seq;
-  g_assert_true (sync_changes_append (again, "added", "/D/c.txt", NULL, "ID2", 0, NULL, &seq, &error));
+  g_assert_true (sync_changes_append (again, "added", "/D/c.txt", NULL, "ID2", 0, NULL, FALSE, &seq, &error));
   g_assert_cmpuint (seq, ==, 3);
   g_autofree char *text2 = read_feed (fx);
   g_assert_true (g_str_has_prefix (text2, text));
@@ -110,7 +112,7 @@ test_torn_tail (Fixture *fx, gconstpointer data)
   g_autoptr (GError) error = NULL;
   {
     g_autoptr (SyncChanges) ch = sync_changes_open (fx->dir, 0, &error);
-    sync_changes_append (ch, "added", "/a", NULL, "1", 1, NULL, NULL, &error);
+    sync_changes_append (ch, "added", "/a", NULL, "1", 1, NULL, FALSE, NULL, &error);
     g_assert_no_error (error);
   }
   /* What a crash in the middle of a write leaves. */
@@ -124,7 +126,7 @@ test_torn_tail (Fixture *fx, gconstpointer data)
   g_assert_cmpuint (sync_changes_next_seq (ch), ==, 1);
   g_autofree char *cut = read_feed (fx);
   g_assert_cmpstr (cut, ==, good);
-  g_assert_true (sync_changes_append (ch, "added", "/b", NULL, "2", 1, NULL, NULL, &error));
+  g_assert_true (sync_changes_append (ch, "added", "/b", NULL, "2", 1, NULL, FALSE, NULL, &error));
   g_autofree char *after = read_feed (fx);
   g_autoptr (GPtrArray) lines = lines_of (after);
   g_assert_cmpuint (lines->len, ==, 3);
@@ -185,7 +187,7 @@ test_trim (Fixture *fx, gconstpointer data)
   for (guint i = 0; i < 10; i++)
     {
       g_autofree char *path = g_strdup_printf ("/Documents/file-%04u.txt", i);
-      g_assert_true (sync_changes_append (ch, "added", path, NULL, "ID", 100, "AAAAAAAAAAAAAAAAAAAAAAAAAAA=", NULL, &error));
+      g_assert_true (sync_changes_append (ch, "added", path, NULL, "ID", 100, "AAAAAAAAAAAAAAAAAAAAAAAAAAA=", FALSE, NULL, &error));
     }
   g_autofree char *early = read_feed (fx);
   gsize reader_offset = strlen (early);
@@ -201,7 +203,7 @@ test_trim (Fixture *fx, gconstpointer data)
   for (guint i = 10; i < 500; i++)
     {
       g_autofree char *path = g_strdup_printf ("/Documents/file-%04u.txt", i);
-      g_assert_true (sync_changes_append (ch, "added", path, NULL, "ID", 100, "AAAAAAAAAAAAAAAAAAAAAAAAAAA=", NULL, &error));
+      g_assert_true (sync_changes_append (ch, "added", path, NULL, "ID", 100, "AAAAAAAAAAAAAAAAAAAAAAAAAAA=", FALSE, NULL, &error));
       g_autofree char *text = read_feed (fx);
       g_assert_cmpuint (strlen (text), <=, bound);
     }

@@ -159,9 +159,9 @@ ctl_status_rejected_reason (const cJSON *status)
 void
 ctl_status_progress (const cJSON *status, CtlProgress *out)
 {
-  out->files_total = num (status, "files_total");
-  if (out->files_total < 0)
-    out->files_total = num (status, "total");
+  out->items_total = num (status, "files_total");
+  if (out->items_total < 0)
+    out->items_total = num (status, "total");
   out->files_failed = num (status, "files_failed");
 
   /* Every file the run has finished with, whatever the outcome, counts as done: that is what
@@ -185,7 +185,7 @@ ctl_status_progress (const cJSON *status, CtlProgress *out)
     }
   if (done < 0)
     done = num (status, "files_done");
-  out->files_done = done;
+  out->items_done = done;
 
   out->bytes_done = num (status, "bytes_downloaded");
   if (out->bytes_done < 0)
@@ -247,16 +247,16 @@ static void
 append_progress (GString *s, const CtlProgress *p)
 {
   gboolean any = FALSE;
-  if (p->files_done >= 0)
+  if (p->items_done >= 0)
     {
-      if (p->files_total >= 0)
-        g_string_append_printf (s, "%" G_GINT64_FORMAT "/%" G_GINT64_FORMAT " files", p->files_done,
-                                p->files_total);
+      if (p->items_total >= 0)
+        g_string_append_printf (s, "%" G_GINT64_FORMAT "/%" G_GINT64_FORMAT " items", p->items_done,
+                                p->items_total);
       else
-        g_string_append_printf (s, "%" G_GINT64_FORMAT " files", p->files_done);
-      if (p->files_total > 0)
+        g_string_append_printf (s, "%" G_GINT64_FORMAT " items", p->items_done);
+      if (p->items_total > 0)
         g_string_append_printf (s, " (%d%%)",
-                                (int) MIN (100, p->files_done * 100 / p->files_total));
+                                (int) MIN (100, p->items_done * 100 / p->items_total));
       any = TRUE;
     }
   if (p->bytes_done >= 0)
@@ -333,6 +333,24 @@ ctl_format_status (const cJSON *status, gint64 now_us)
   append_progress (s, &p);
   g_string_append_c (s, '\n');
 
+  /* What the finished items were, in the status document's own words; zeros left out. */
+  static const struct { const char *field, *label; } kinds[] = {
+    { "files_processed", "downloaded" }, { "files_unchanged", "unchanged" },
+    { "files_failed", "failed" }, { "files_filtered", "not mirrored" },
+    { "files_unverified", "without a hash" }, { "folders_processed", "folders" },
+    { "renamed_count", "renamed" }, { "deleted_count", "deleted" },
+  };
+  g_autoptr (GString) detail = g_string_new (NULL);
+  for (gsize i = 0; i < G_N_ELEMENTS (kinds); i++)
+    {
+      gint64 n = num (status, kinds[i].field);
+      if (n > 0)
+        g_string_append_printf (detail, "%s%" G_GINT64_FORMAT " %s", detail->len ? ", " : "", n,
+                                kinds[i].label);
+    }
+  if (detail->len)
+    g_string_append_printf (s, "Items:     %s\n", detail->str);
+
   const cJSON *cur = cJSON_GetObjectItemCaseSensitive (status, "current_files");
   if (strcmp (state, "syncing") == 0 && cJSON_IsArray (cur) && cJSON_GetArraySize (cur) > 0)
     {
@@ -390,6 +408,19 @@ ctl_format_status (const cJSON *status, gint64 now_us)
           if (attempts > 1)
             g_string_append_printf (s, " (%" G_GINT64_FORMAT " attempts)", attempts);
           g_string_append_c (s, '\n');
+        }
+    }
+
+  const cJSON *filtered = cJSON_GetObjectItemCaseSensitive (status, "filtered_files");
+  if (cJSON_IsArray (filtered) && cJSON_GetArraySize (filtered) > 0)
+    {
+      g_string_append_printf (s, "Not mirrored (%d):\n", cJSON_GetArraySize (filtered));
+      const cJSON *f;
+      cJSON_ArrayForEach (f, filtered)
+        {
+          const char *path = cJSON_IsString (f) ? f->valuestring : str (f, "path");
+          const char *why = str (f, "reason");
+          g_string_append_printf (s, "  %s%s%s\n", path ? path : "?", why ? ": " : "", why ? why : "");
         }
     }
 
@@ -537,27 +568,27 @@ ctl_rate_get (const CtlRate *rate, gint64 window_us)
 }
 
 char *
-ctl_format_bar (const CtlProgress *p, double rate, double files_rate, guint width)
+ctl_format_bar (const CtlProgress *p, double rate, double items_rate, guint width)
 {
   /* The fraction: by bytes when both byte figures are known (what takes time), else by files. */
   double frac = -1;
   if (p->bytes_total > 0 && p->bytes_done >= 0)
     frac = (double) p->bytes_done / (double) p->bytes_total;
-  else if (p->files_total > 0 && p->files_done >= 0)
-    frac = (double) p->files_done / (double) p->files_total;
+  else if (p->items_total > 0 && p->items_done >= 0)
+    frac = (double) p->items_done / (double) p->items_total;
   if (frac > 1)
     frac = 1;
 
   GString *tail = g_string_new (NULL);
   if (frac >= 0)
     g_string_append_printf (tail, " %3d%%", (int) floor (frac * 100));
-  if (p->files_done >= 0)
+  if (p->items_done >= 0)
     {
-      if (p->files_total >= 0)
-        g_string_append_printf (tail, "  %" G_GINT64_FORMAT "/%" G_GINT64_FORMAT " files",
-                                p->files_done, p->files_total);
+      if (p->items_total >= 0)
+        g_string_append_printf (tail, "  %" G_GINT64_FORMAT "/%" G_GINT64_FORMAT " items",
+                                p->items_done, p->items_total);
       else
-        g_string_append_printf (tail, "  %" G_GINT64_FORMAT " files", p->files_done);
+        g_string_append_printf (tail, "  %" G_GINT64_FORMAT " items", p->items_done);
     }
   if (p->files_failed > 0)
     g_string_append_printf (tail, " (%" G_GINT64_FORMAT " failed)", p->files_failed);
@@ -571,7 +602,7 @@ ctl_format_bar (const CtlProgress *p, double rate, double files_rate, guint widt
           g_string_append_printf (tail, "/%s", bt);
         }
     }
-  if (rate >= 0 || files_rate >= 0)
+  if (rate >= 0 || items_rate >= 0)
     {
       if (rate >= 0)
         {
@@ -582,8 +613,8 @@ ctl_format_bar (const CtlProgress *p, double rate, double files_rate, guint widt
       gint64 eta = -1;
       if (p->bytes_total > 0 && p->bytes_done >= 0 && rate > 0)
         eta = (gint64) ceil ((double) MAX (0, p->bytes_total - p->bytes_done) / rate);
-      else if (p->files_total > 0 && p->files_done >= 0 && files_rate > 0)
-        eta = (gint64) ceil ((double) MAX (0, p->files_total - p->files_done) / files_rate);
+      else if (p->items_total > 0 && p->items_done >= 0 && items_rate > 0)
+        eta = (gint64) ceil ((double) MAX (0, p->items_total - p->items_done) / items_rate);
       if (eta >= 0)
         {
           g_autofree char *e = ctl_format_duration (eta);

@@ -52,8 +52,8 @@ char *ctl_status_run_key (const cJSON *status);
 const char *ctl_status_rejected_reason (const cJSON *status);
 
 typedef struct {
-  gint64 files_done;     /* "current": finished whatever the outcome; -1 unknown */
-  gint64 files_total;    /* -1 unknown */
+  gint64 items_done;     /* "current": work items (files and folders) finished, whatever the outcome; -1 unknown */
+  gint64 items_total;    /* "total": work items this run will process; -1 unknown */
   gint64 files_failed;   /* -1 unknown */
   gint64 bytes_done;     /* -1 unknown */
   gint64 bytes_total;    /* -1 unknown */
@@ -90,11 +90,11 @@ void ctl_rate_add (CtlRate *rate, gint64 t_us, gint64 bytes);
 double ctl_rate_get (const CtlRate *rate, gint64 window_us);
 
 /* One line, at most @width columns:
- *   "[#####.....]  42%  120/300 files  1.2 MiB/3.4 GiB  12.3 MiB/s  ETA 3m05s"
+ *   "[#####.....]  42%  120/300 items  1.2 MiB/3.4 GiB  12.3 MiB/s  ETA 3m05s"
  * Parts that are unknown are left out. @rate (bytes/s) < 0 shows no rate; the ETA comes from
- * the bytes left and @rate when the byte total is known, else from the files left and
- * @files_rate (files/s); "ETA --" when neither can say. Newly allocated. */
-char *ctl_format_bar (const CtlProgress *p, double rate, double files_rate, guint width);
+ * the bytes left and @rate when the byte total is known, else from the work items left and
+ * @items_rate (items/s); "ETA --" when neither can say. Newly allocated. */
+char *ctl_format_bar (const CtlProgress *p, double rate, double items_rate, guint width);
 
 /* ---- small formatters --------------------------------------------------------------------- */
 

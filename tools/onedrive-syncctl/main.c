@@ -102,6 +102,30 @@ read_fd_all (int fd, GString *out, int *err)
     }
 }
 
+/* Reads a control file to its end. Not g_file_get_contents: that stops at the size fstat()
+ * reported, and a status snapshot taken at open may be longer than the one stat() saw. */
+static char *
+read_control (const char *mount, const char *name, gsize *len, int *err)
+{
+  g_autofree char *path = control_path (mount, name);
+  int fd = open (path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    {
+      *err = errno;
+      return NULL;
+    }
+  GString *text = g_string_new (NULL);
+  gboolean ok = read_fd_all (fd, text, err);
+  close (fd);
+  if (!ok)
+    {
+      g_string_free (text, TRUE);
+      return NULL;
+    }
+  *len = text->len;
+  return g_string_free (text, FALSE);
+}
+
 /* Reads and parses a fresh status snapshot. If @keep_fd is non-NULL the open fd is handed
  * back (for poll); otherwise it is closed. NULL with a message printed on failure. */
 static cJSON *
@@ -168,12 +192,12 @@ print_run_summary (const cJSON *status)
   if (!ctl_state_is_terminal (state) && cJSON_IsObject (last))
     state = ctl_status_state (last);
   g_autoptr (GString) s = g_string_new (state);
-  if (p.files_done >= 0)
+  if (p.items_done >= 0)
     {
-      g_string_append_printf (s, ": %" G_GINT64_FORMAT, p.files_done);
-      if (p.files_total >= 0)
-        g_string_append_printf (s, "/%" G_GINT64_FORMAT, p.files_total);
-      g_string_append (s, " files");
+      g_string_append_printf (s, ": %" G_GINT64_FORMAT, p.items_done);
+      if (p.items_total >= 0)
+        g_string_append_printf (s, "/%" G_GINT64_FORMAT, p.items_total);
+      g_string_append (s, " items");
     }
   if (p.bytes_done >= 0)
     {
@@ -384,12 +408,13 @@ cmd_status (int argc, char **argv)
       /* Pass-through: the bytes as the mount gives them, checked to be JSON so a script's
        * `jq` never sees half a document without the exit code saying so. */
       g_autofree char *path = control_path (mount, "status");
-      g_autofree char *text = NULL;
       gsize len = 0;
+      int err = 0;
+      g_autofree char *text = read_control (mount, "status", &len, &err);
       g_autoptr (GError) error = NULL;
-      if (!g_file_get_contents (path, &text, &len, &error))
+      if (!text)
         {
-          complain ("%s", error->message);
+          complain ("%s: %s", path, g_strerror (err));
           return CTL_EXIT_ERROR;
         }
       g_autoptr (cJSON) doc = ctl_status_parse (text, len, &error);
@@ -472,15 +497,15 @@ terminal_width (void)
 }
 
 static void
-draw_bar (const char *mount, CtlRate *rate, CtlRate *files_rate)
+draw_bar (const char *mount, CtlRate *rate, CtlRate *items_rate)
 {
-  g_autofree char *path = control_path (mount, "status");
-  g_autofree char *text = NULL;
   gsize len = 0;
+  int err = 0;
+  g_autofree char *text = read_control (mount, "status", &len, &err);
   CtlProgress p = { -1, -1, -1, -1, -1 };
   const char *state = NULL;
   g_autoptr (cJSON) status = NULL;
-  if (g_file_get_contents (path, &text, &len, NULL))
+  if (text)
     status = ctl_status_parse (text, len, NULL);
   if (status)
     {
@@ -489,15 +514,15 @@ draw_bar (const char *mount, CtlRate *rate, CtlRate *files_rate)
       gint64 now = g_get_monotonic_time ();
       if (p.bytes_done >= 0)
         ctl_rate_add (rate, now, p.bytes_done);
-      if (p.files_done >= 0)
-        ctl_rate_add (files_rate, now, p.files_done);
+      if (p.items_done >= 0)
+        ctl_rate_add (items_rate, now, p.items_done);
     }
   gboolean syncing = state && strcmp (state, "syncing") == 0;
   guint width = terminal_width ();
   g_autofree char *bar = NULL;
   if (syncing)
     bar = ctl_format_bar (&p, ctl_rate_get (rate, 5 * G_USEC_PER_SEC),
-                          ctl_rate_get (files_rate, 10 * G_USEC_PER_SEC), width - 1);
+                          ctl_rate_get (items_rate, 10 * G_USEC_PER_SEC), width - 1);
   else
     bar = g_strdup_printf ("%s — waiting for a sync to start", state ? state : "status unreadable");
   printf ("\r\033[K%s", bar);
@@ -551,11 +576,11 @@ cmd_follow (int argc, char **argv)
   Follower *f = follower;
   GThread *reader = g_thread_new ("events", follow_reader, f);
 
-  CtlRate rate = { 0 }, files_rate = { 0 };
+  CtlRate rate = { 0 }, items_rate = { 0 };
   gint64 last_draw = 0;
   int rc = CTL_EXIT_OK;
   if (bar)
-    draw_bar (mount, &rate, &files_rate);
+    draw_bar (mount, &rate, &items_rate);
   while (!interrupted)
     {
       GString *line = g_async_queue_timeout_pop (f->lines, BAR_REFRESH_MS * 1000);
@@ -590,13 +615,13 @@ cmd_follow (int argc, char **argv)
       gint64 now = g_get_monotonic_time ();
       if (bar && now - last_draw >= BAR_REFRESH_MS * 1000)
         {
-          draw_bar (mount, &rate, &files_rate);
+          draw_bar (mount, &rate, &items_rate);
           last_draw = now;
         }
     }
   if (bar)
     {
-      draw_bar (mount, &rate, &files_rate);
+      draw_bar (mount, &rate, &items_rate);
       putchar ('\n');
     }
   fflush (stdout);

@@ -57,8 +57,8 @@ test_progress (void)
                                 "\"files_filtered\":3,\"bytes_downloaded\":1048576}");
   CtlProgress p;
   ctl_status_progress (st, &p);
-  g_assert_cmpint (p.files_done, ==, 120);
-  g_assert_cmpint (p.files_total, ==, 300);
+  g_assert_cmpint (p.items_done, ==, 120);
+  g_assert_cmpint (p.items_total, ==, 300);
   g_assert_cmpint (p.files_failed, ==, 2);
   g_assert_cmpint (p.bytes_done, ==, 1048576);
   g_assert_cmpint (p.bytes_total, ==, -1);
@@ -68,14 +68,14 @@ test_progress (void)
 
   g_autoptr (cJSON) empty = parse ("{}");
   ctl_status_progress (empty, &p);
-  g_assert_cmpint (p.files_done, ==, -1);
-  g_assert_cmpint (p.files_total, ==, -1);
+  g_assert_cmpint (p.items_done, ==, -1);
+  g_assert_cmpint (p.items_total, ==, -1);
   g_assert_cmpstr (ctl_status_state (empty), ==, "unknown");
 
   /* "current" (docs/status.md) wins over the sum of the parts. */
   g_autoptr (cJSON) cur = parse ("{\"current\":9,\"total\":10,\"files_processed\":1}");
   ctl_status_progress (cur, &p);
-  g_assert_cmpint (p.files_done, ==, 9);
+  g_assert_cmpint (p.items_done, ==, 9);
   g_assert_null (ctl_status_run_key (empty));
 }
 
@@ -98,6 +98,7 @@ test_status_table (void)
       "\"files_failed\":1,\"bytes_downloaded\":1536,"
       "\"failed_files\":[{\"path\":\"/Docs/bad.bin\",\"error_type\":\"hash_mismatch\","
       "\"message\":\"content does not match quickXorHash\",\"attempts\":3}],"
+      "\"filtered_files\":[{\"path\":\"/Docs/huge.iso\",\"reason\":\"too_large\"}],"
       "\"sources\":[{\"path\":\"/Docs\",\"state\":\"completed\","
       "\"last_completed\":\"2026-12-03T10:03:05Z\"}]}");
   /* "now" is 10:05:05 UTC, two minutes after the end. */
@@ -106,7 +107,9 @@ test_status_table (void)
   now = (g_date_time_to_unix (end) + 120) * G_USEC_PER_SEC;
   g_autofree char *t = ctl_format_status (st, now);
   g_assert_nonnull (strstr (t, "State:     completed_with_errors, ended 2026-12-03 10:03:05 (2m00s ago), took 3m05s\n"));
-  g_assert_nonnull (strstr (t, "Progress:  3/3 files (100%), 1.5 KiB downloaded, 1 failed\n"));
+  g_assert_nonnull (strstr (t, "Progress:  3/3 items (100%), 1.5 KiB downloaded, 1 failed\n"));
+  g_assert_nonnull (strstr (t, "Items:     2 downloaded, 1 failed\n"));
+  g_assert_nonnull (strstr (t, "Not mirrored (1):\n  /Docs/huge.iso: too_large\n"));
   g_assert_nonnull (strstr (t, "Failed files (1):\n  /Docs/bad.bin: hash_mismatch: content does not match quickXorHash (3 attempts)\n"));
   g_assert_nonnull (strstr (t, "Sources:\n  /Docs"));
   g_assert_nonnull (strstr (t, "completed, last synced 2026-12-03 10:03:05 (2m00s ago)"));
@@ -189,17 +192,17 @@ test_rate (void)
 static void
 test_bar (void)
 {
-  CtlProgress p = { .files_done = 120, .files_total = 300, .files_failed = 0,
+  CtlProgress p = { .items_done = 120, .items_total = 300, .files_failed = 0,
                     .bytes_done = 1048576, .bytes_total = 4 * 1048576 };
   g_autofree char *b = ctl_format_bar (&p, 1048576.0, -1, 100);
   g_assert_true (g_str_has_prefix (b, "[##########"));
-  g_assert_nonnull (strstr (b, "]  25%  120/300 files  1.0 MiB/4.0 MiB  1.0 MiB/s  ETA 3s"));
+  g_assert_nonnull (strstr (b, "]  25%  120/300 items  1.0 MiB/4.0 MiB  1.0 MiB/s  ETA 3s"));
   g_assert_cmpuint (strlen (b), <=, 100);
 
   /* Unknown byte total: the fraction comes from files, no ETA figure. */
-  CtlProgress q = { .files_done = 1, .files_total = 4, .files_failed = 1, .bytes_done = 10, .bytes_total = -1 };
+  CtlProgress q = { .items_done = 1, .items_total = 4, .files_failed = 1, .bytes_done = 10, .bytes_total = -1 };
   g_autofree char *c = ctl_format_bar (&q, -1, -1, 80);
-  g_assert_nonnull (strstr (c, "  25%  1/4 files (1 failed)  10 B"));
+  g_assert_nonnull (strstr (c, "  25%  1/4 items (1 failed)  10 B"));
   g_assert_null (strstr (c, "ETA"));
   /* ...unless files move: 3 files left at 0.5 files/s. */
   g_autofree char *e = ctl_format_bar (&q, 100.0, 0.5, 100);

@@ -1,0 +1,1426 @@
+/* The sync engine: one run at a time, a GThreadPool of W workers, cancel in milliseconds.
+ *
+ * A run, on its own thread:
+ *   1. For each source: read the delta set from the saved cursor (or enumerate fully the first
+ *      time, on a "full" start, or after a 410) into the store's staging area, page by page;
+ *      when the deltaLink arrives, store_stage_commit() turns the set into pending work and
+ *      stores the cursor in ONE transaction. A cancel or error before that leaves the old
+ *      cursor; the next run re-reads the set. Nothing is lost, nothing applied twice.
+ *   2. Drain the queue (store_work_next): folder and metadata work (mkdir, rename, move, delete)
+ *      is applied in the store's order on the run thread — it is one short transaction each and
+ *      must precede the contents it makes room for; downloads go to the pool.
+ *   3. Decide the terminal state once (run-state.c), record the counters (store_run_finish),
+ *      and only then release the run so a new start can win.
+ *
+ * Cancel (sync_engine_cancel) decides `cancelled` by compare-and-set and fires the run's
+ * GCancellable before it returns; it touches no database. Every pool task checks the
+ * cancellable after it got its worker and before any work, under the reader side of
+ * `start_gate`; cancel passes through the writer side once after firing, so when cancel
+ * returns no task is between its check and its "file started": no file starts afterwards.
+ * The same cancellable goes to graph_client_download(), which aborts in-flight transfers.
+ * Work a cancelled task never did simply stays queued.
+ *
+ * A download goes to tmp/<id>-<hash>.part (kept on cancel, so the next attempt resumes with
+ * Range), is verified against quickXorHash by the Graph client, renamed into objects/ under a
+ * fresh name, and published by store_work_publish() — only then is it visible. Every publish
+ * and its change-feed line happen under `publish_lock`, so the feed is in commit order.
+ *
+ * Lock order: engine->lock (run thread handle, notify, hooks) and publish_lock are never held
+ * together with each other or across a call into the Graph client; the run-state, status,
+ * events and changes locks are leaves below them.
+ */
+#define G_LOG_DOMAIN "odsf-sync"
+
+#include "config.h"
+
+#include <onedrive-syncfs/changes.h>
+#include <onedrive-syncfs/events.h>
+#include <onedrive-syncfs/run-state.h>
+#include <onedrive-syncfs/status.h>
+#include <onedrive-syncfs/sync-engine.h>
+
+#include "engine-private.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <glib/gstdio.h>
+#include <string.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+G_DEFINE_QUARK (sync-error-quark, sync_error)
+
+#define DISPATCH_BATCH 256
+#define PROGRESS_EVENT_INTERVAL_US (250 * 1000)
+
+typedef struct {
+  char    *path;              /* as configured */
+  gboolean overlapped;        /* inside another configured source: not synced on its own */
+  char    *covered_by;
+} EngineSource;
+
+struct _SyncEngine {
+  /* Configuration, copied; immutable after new(). */
+  guint          workers;
+  char          *cache_dir, *objects_dir, *tmp_dir;
+  gint64         max_file_size;
+  GPtrArray     *include_globs;   /* GPatternSpec* */
+  GPtrArray     *exclude_globs;   /* GPatternSpec* */
+  GPtrArray     *sources;         /* EngineSource* */
+  guint          sync_interval;
+
+  Store         *store;           /* borrowed */
+  GraphClient   *client;          /* borrowed */
+  SyncRunState  *rs;
+  SyncStatus    *status;
+  SyncEvents    *events;
+  SyncChanges   *changes;
+
+  GRWLock        start_gate;      /* readers: tasks between check and start; writer: cancel */
+  GMutex         publish_lock;    /* orders store_work_publish + sync_changes_append */
+
+  GMutex         lock;
+  GThread       *run_thread;      /* protected by lock */
+  SyncNotifyFunc notify;          /* protected by lock */
+  gpointer       notify_data;     /* protected by lock */
+  SyncHookFunc   hooks[SYNC_HOOK_N];      /* protected by lock */
+  gpointer       hook_data[SYNC_HOOK_N];  /* protected by lock */
+
+  GThread       *timer_thread;
+  GMutex         timer_lock;
+  GCond          timer_cond;
+  gboolean       stopping;        /* protected by timer_lock */
+
+  gint64         last_progress_event;   /* atomic-ish: only a hint for throttling */
+};
+
+typedef struct {
+  SyncEngine   *engine;
+  guint64       run_seq;
+  gint64        run_id;
+  SyncStartFlags flags;
+  GCancellable *cancel;
+
+  GMutex        lock;
+  GCond         cond;
+  guint         inflight;         /* protected by lock: tasks pushed and not yet finished */
+  guint         source_errors;    /* protected by lock */
+  guint         sources_ok;       /* protected by lock */
+  GHashTable   *failed_sources;   /* protected by lock: paths */
+  GHashTable   *unmirrored;       /* protected by lock: ids of packages / shortcuts reported */
+  char         *fatal;            /* protected by lock: why the run failed */
+  guint64       cache_fs_bytes;   /* total size of the cache file system, 0 unknown */
+  gboolean      announced;        /* run thread only: run_started was emitted */
+} Run;
+
+typedef struct {
+  Run       *run;
+  StoreWork *work;
+  guint64    progress_seen;
+} Task;
+
+/* ---- small helpers ---------------------------------------------------------------------- */
+
+static void
+engine_notify (SyncEngine *e, SyncNotifyKind kind, guint64 ino, guint64 parent, const char *name)
+{
+  SyncNotifyFunc fn;
+  gpointer data;
+  g_mutex_lock (&e->lock);
+  fn = e->notify;
+  data = e->notify_data;
+  g_mutex_unlock (&e->lock);
+  if (fn)
+    fn (kind, ino, parent, name, data);
+}
+
+static void
+engine_hook (SyncEngine *e, SyncHookPoint point, const char *path)
+{
+  SyncHookFunc fn;
+  gpointer data;
+  g_mutex_lock (&e->lock);
+  fn = e->hooks[point];
+  data = e->hook_data[point];
+  g_mutex_unlock (&e->lock);
+  if (fn)
+    fn (e, path, data);
+}
+
+static void
+emit (SyncEngine *e, const char *event, cJSON *fields)
+{
+  sync_events_append (e->events, event, fields);
+  engine_notify (e, SYNC_NOTIFY_EVENT, 0, 0, NULL);
+}
+
+static cJSON *
+fields_path (const char *path)
+{
+  cJSON *f = cJSON_CreateObject ();
+  cJSON_AddStringToObject (f, "path", path ? path : "");
+  return f;
+}
+
+static void
+emit_progress (SyncEngine *e, gboolean force)
+{
+  gint64 now = g_get_monotonic_time ();
+  if (!force && now - e->last_progress_event < PROGRESS_EVENT_INTERVAL_US)
+    return;
+  e->last_progress_event = now;
+  g_auto (SyncRunSnapshot) snap = { 0 };
+  sync_run_state_snapshot (e->rs, &snap);
+  SyncCounters c;
+  sync_status_counters (e->status, &c);
+  cJSON *f = cJSON_CreateObject ();
+  cJSON_AddNumberToObject (f, "files_processed", c.files_processed);
+  cJSON_AddNumberToObject (f, "files_failed", c.files_failed);
+  cJSON_AddNumberToObject (f, "bytes_downloaded", (double) c.bytes_downloaded);
+  emit (e, "progress", f);
+  engine_notify (e, SYNC_NOTIFY_STATUS, 0, 0, NULL);
+}
+
+static char *
+sanitize_id (const char *id)
+{
+  char *s = g_strdup (id ? id : "noid");
+  for (char *p = s; *p; p++)
+    if (!g_ascii_isalnum (*p) && *p != '-' && *p != '.')
+      *p = '_';
+  return s;
+}
+
+static gboolean
+glob_match_any (GPtrArray *globs, const char *path)
+{
+  const char *base = strrchr (path, '/');
+  base = base ? base + 1 : path;
+  for (guint i = 0; i < globs->len; i++)
+    if (g_pattern_spec_match_string (globs->pdata[i], path) || g_pattern_spec_match_string (globs->pdata[i], base))
+      return TRUE;
+  return FALSE;
+}
+
+static const char *
+error_type_for (Run *run, const GError *error, const StoreWork *work)
+{
+  if (error->domain == GRAPH_ERROR)
+    switch ((GraphErrorCode) error->code)
+      {
+      case GRAPH_ERROR_TIMEOUT:
+        return "timeout";
+      case GRAPH_ERROR_HASH_MISMATCH:
+        return "hash_mismatch";
+      case GRAPH_ERROR_CANCELLED:
+        return "cancelled";
+      case GRAPH_ERROR_THROTTLED:
+        return "throttled";
+      case GRAPH_ERROR_NOT_FOUND:
+        return "not_found";
+      case GRAPH_ERROR_LOCAL_IO:
+        {
+          /* The client keeps errno privately; the free space tells us what we need to know. */
+          struct statvfs sv;
+          gint64 size = work->item ? work->item->size : 0;
+          if (statvfs (run->engine->tmp_dir, &sv) == 0 && (guint64) sv.f_bavail * sv.f_frsize < (guint64) MAX (size, 1) + 4096)
+            return "disk_full";
+          return "download_error";
+        }
+      default:
+        return "download_error";
+      }
+  if (error->domain == STORE_ERROR)
+    return error->code == STORE_ERROR_FULL ? "disk_full" : "store_error";
+  if (error->domain == G_IO_ERROR && error->code == G_IO_ERROR_NO_SPACE)
+    return "disk_full";
+  if (error->domain == G_IO_ERROR && error->code == G_IO_ERROR_CANCELLED)
+    return "cancelled";
+  return "download_error";
+}
+
+static const char *
+action_word (const StoreWork *work)
+{
+  switch (work->action)
+    {
+    case STORE_ACTION_DOWNLOAD:
+      return "added";
+    case STORE_ACTION_UPDATE:
+      return "updated";
+    case STORE_ACTION_DELETE:
+      return "deleted";
+    case STORE_ACTION_MKDIR:
+      if (!work->old_path)
+        return "folder";
+      /* a folder renamed or moved */
+      G_GNUC_FALLTHROUGH;
+    case STORE_ACTION_MOVE:
+      {
+        if (!work->old_path || !work->path)
+          return "moved";
+        g_autofree char *a = g_path_get_dirname (work->old_path);
+        g_autofree char *b = g_path_get_dirname (work->path);
+        return strcmp (a, b) == 0 ? "renamed" : "moved";
+      }
+    }
+  return "updated";
+}
+
+static SyncOutcome
+outcome_for (const StoreWork *work)
+{
+  switch (work->action)
+    {
+    case STORE_ACTION_DOWNLOAD:
+      return SYNC_OUTCOME_ADDED;
+    case STORE_ACTION_UPDATE:
+      return SYNC_OUTCOME_UPDATED;
+    case STORE_ACTION_MOVE:
+      return SYNC_OUTCOME_RENAMED;
+    case STORE_ACTION_DELETE:
+      return SYNC_OUTCOME_DELETED;
+    case STORE_ACTION_MKDIR:
+      return work->old_path ? SYNC_OUTCOME_RENAMED : SYNC_OUTCOME_FOLDER;
+    }
+  return SYNC_OUTCOME_UPDATED;
+}
+
+/* ---- recording outcomes ----------------------------------------------------------------- */
+
+static void
+record_failure (Run *run, const StoreWork *work, const char *type, const char *message)
+{
+  SyncEngine *e = run->engine;
+  g_autoptr (GError) local = NULL;
+  const char *path = work->path ? work->path : "";
+
+  if (!store_work_fail (e->store, work, type, message, &local))
+    g_warning ("cannot record the failure of %s: %s", path, local->message);
+  g_clear_error (&local);
+  if (!store_run_add_failure (e->store, run->run_id, path, type, message, &local))
+    g_debug ("cannot add failure of %s to run %" G_GINT64_FORMAT ": %s", path, run->run_id, local->message);
+  sync_status_file_failed (e->status, path, type, message, work->attempts + 1);
+
+  cJSON *f = fields_path (path);
+  cJSON_AddStringToObject (f, "error_type", type);
+  cJSON_AddStringToObject (f, "message", message ? message : "");
+  cJSON_AddNumberToObject (f, "attempts", work->attempts + 1);
+  emit (e, "file_failed", f);
+  g_info ("%s failed (%s): %s", path, type, message ? message : "");
+}
+
+/* A filtered item stays queued (store_work_fail keeps it with a backoff) so that a changed
+ * filter brings it in later; this run reports it as filtered, not failed. */
+static void
+record_filtered (Run *run, const StoreWork *work, const char *reason)
+{
+  SyncEngine *e = run->engine;
+  g_autoptr (GError) local = NULL;
+  const char *path = work->path ? work->path : "";
+  if (!store_work_fail (e->store, work, reason, "filtered", &local))
+    g_warning ("cannot keep filtered %s queued: %s", path, local->message);
+  sync_status_file_filtered (e->status, path, reason);
+  cJSON *f = fields_path (path);
+  cJSON_AddStringToObject (f, "reason", reason);
+  emit (e, "file_filtered", f);
+}
+
+/* Publishes @work (with @object for content) and appends its change line, in commit order;
+ * then unlinks the cache objects nothing references any more and notifies the filesystem. */
+static gboolean
+publish (Run *run, const StoreWork *work, const char *object, gboolean unverified, GError **error)
+{
+  SyncEngine *e = run->engine;
+  g_autoptr (GPtrArray) stale = NULL;
+  g_auto (StoreEntry) before = { 0 };
+  gboolean had_before = work->ino != 0 && store_getattr (e->store, work->ino, &before, NULL);
+
+  g_mutex_lock (&e->publish_lock);
+  gboolean ok = store_work_publish (e->store, work, object, &stale, error);
+  /* The store hands our own object back when a later commit superseded this work: nothing
+   * was published (the newer work will be), so there is no change to record. */
+  gboolean superseded = FALSE;
+  for (guint i = 0; ok && object && stale && i < stale->len; i++)
+    superseded |= strcmp (object, stale->pdata[i]) == 0;
+  gboolean is_folder = work->item && work->item->kind == GRAPH_ITEM_FOLDER;
+  /* A folder that appears is no news for an indexer (its files are); one renamed, moved or
+   * deleted is, since every path below it changed. */
+  gboolean news = !(is_folder && work->action == STORE_ACTION_MKDIR && !work->old_path);
+  if (ok && !superseded && news)
+    {
+      g_autoptr (GError) local = NULL;
+      const GraphItem *it = work->item;
+      const char *action = action_word (work);
+      gboolean with_old = work->action == STORE_ACTION_MOVE || work->action == STORE_ACTION_DELETE
+                          || (work->action == STORE_ACTION_MKDIR && work->old_path);
+      if (!sync_changes_append (e->changes, action, work->path, with_old ? work->old_path : NULL,
+                                it ? it->id : NULL, is_folder ? -1 : it ? it->size : -1,
+                                is_folder ? NULL : it ? it->quickxor_hash : NULL, is_folder, NULL, &local))
+        g_warning ("change feed: %s", local->message);
+    }
+  g_mutex_unlock (&e->publish_lock);
+  if (!ok)
+    return FALSE;
+
+  for (guint i = 0; stale && i < stale->len; i++)
+    {
+      g_autofree char *p = g_build_filename (e->objects_dir, (const char *) stale->pdata[i], NULL);
+      if (g_unlink (p) != 0 && errno != ENOENT)
+        g_warning ("unlink(%s): %s", p, g_strerror (errno));
+    }
+
+  if (superseded)
+    {
+      g_debug ("%s: superseded by a newer change; not published", work->path);
+      sync_status_file_abandoned (e->status, work->path);
+      return TRUE;
+    }
+
+  guint64 bytes = 0;
+  if ((work->action == STORE_ACTION_DOWNLOAD || work->action == STORE_ACTION_UPDATE) && work->item && work->item->size > 0)
+    bytes = (guint64) work->item->size;
+  if (is_folder)
+    sync_status_folder_done (e->status, outcome_for (work));
+  else
+    sync_status_file_done (e->status, work->path, outcome_for (work), bytes, unverified);
+
+  if (news)
+    {
+      cJSON *f = fields_path (work->path);
+      cJSON_AddStringToObject (f, "action", action_word (work));
+      if (work->old_path && work->action != STORE_ACTION_DOWNLOAD && work->action != STORE_ACTION_UPDATE)
+        cJSON_AddStringToObject (f, "old_path", work->old_path);
+      if (work->item)
+        cJSON_AddStringToObject (f, "id", work->item->id);
+      if (is_folder)
+        cJSON_AddBoolToObject (f, "folder", 1);
+      emit (e, "file_published", f);
+    }
+
+  /* Old place first (a move or delete), then the new one. */
+  if (had_before)
+    engine_notify (e, SYNC_NOTIFY_PUBLISHED, before.ino, before.parent_ino, before.name);
+  g_auto (StoreEntry) after = { 0 };
+  if (work->action != STORE_ACTION_DELETE && work->ino != 0 && store_getattr (e->store, work->ino, &after, NULL))
+    engine_notify (e, SYNC_NOTIFY_PUBLISHED, after.ino, after.parent_ino, after.name);
+  emit_progress (e, FALSE);
+  return TRUE;
+}
+
+/* ---- one file ------------------------------------------------------------------------- */
+
+static void
+on_progress (guint64 done, guint64 total, gpointer user_data)
+{
+  Task *t = user_data;
+  if (done > t->progress_seen)
+    {
+      sync_status_add_bytes (t->run->engine->status, done - t->progress_seen);
+      t->progress_seen = done;
+    }
+}
+
+/* Returns the reason a file is filtered, or NULL. */
+static const char *
+filter_reason (SyncEngine *e, const StoreWork *work)
+{
+  const GraphItem *it = work->item;
+  const char *path = work->path ? work->path : "";
+  if (it && it->kind == GRAPH_ITEM_PACKAGE)
+    return "package";
+  if (it && it->kind == GRAPH_ITEM_REMOTE)
+    return "remote_item";
+  if (e->max_file_size > 0 && it && it->size > e->max_file_size)
+    return "too_large";
+  if (e->include_globs->len > 0 && !glob_match_any (e->include_globs, path))
+    return "not_included";
+  if (e->exclude_globs->len > 0 && glob_match_any (e->exclude_globs, path))
+    return "excluded";
+  return NULL;
+}
+
+/* Writes an empty object (0-byte files need no request). */
+static char *
+make_empty_object (SyncEngine *e, const StoreWork *work, GError **error)
+{
+  g_autofree char *sid = sanitize_id (work->item ? work->item->id : NULL);
+  char *name = g_strdup_printf ("%s-%08x%08x", sid, g_random_int (), g_random_int ());
+  g_autofree char *path = g_build_filename (e->objects_dir, name, NULL);
+  int fd = open (path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0)
+    {
+      int errsv = errno;
+      g_set_error (error, G_IO_ERROR, g_io_error_from_errno (errsv), "open(%s): %s", path, g_strerror (errsv));
+      g_free (name);
+      return NULL;
+    }
+  close (fd);
+  return name;
+}
+
+/* Downloads @work's content; returns the object name in objects/ or NULL. */
+static char *
+download (Task *t, GError **error)
+{
+  Run *run = t->run;
+  SyncEngine *e = run->engine;
+  const GraphItem *it = t->work->item;
+  g_autofree char *sid = sanitize_id (it->id);
+  g_autofree char *shash = sanitize_id (it->quickxor_hash ? it->quickxor_hash : "nohash");
+  g_autofree char *part_name = g_strdup_printf ("%s-%s.part", sid, shash);
+  g_autofree char *part = g_build_filename (e->tmp_dir, part_name, NULL);
+
+  int fd = open (part, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0)
+    {
+      int errsv = errno;
+      g_set_error (error, G_IO_ERROR, g_io_error_from_errno (errsv), "open(%s): %s", part, g_strerror (errsv));
+      return NULL;
+    }
+  /* A partial file from a cancelled attempt resumes with Range; its bytes were counted then. */
+  off_t have = lseek (fd, 0, SEEK_END);
+  t->progress_seen = have > 0 ? (guint64) have : 0;
+  guint64 got = 0;
+  gboolean ok = graph_client_download (e->client, it->drive_id, it->id, it->quickxor_hash, fd, run->cancel,
+                                       on_progress, t, &got, error);
+  close (fd);
+  if (!ok)
+    {
+      /* Keep what a cancel interrupted (the next run resumes); anything else starts over. */
+      if (!g_error_matches (*error, GRAPH_ERROR, GRAPH_ERROR_CANCELLED))
+        g_unlink (part);
+      return NULL;
+    }
+
+  char *name = g_strdup_printf ("%s-%08x%08x", sid, g_random_int (), g_random_int ());
+  g_autofree char *object = g_build_filename (e->objects_dir, name, NULL);
+  if (rename (part, object) != 0)
+    {
+      int errsv = errno;
+      g_set_error (error, G_IO_ERROR, g_io_error_from_errno (errsv), "rename(%s): %s", object, g_strerror (errsv));
+      g_unlink (part);
+      g_free (name);
+      return NULL;
+    }
+  return name;
+}
+
+static void
+process_file (Task *t)
+{
+  Run *run = t->run;
+  SyncEngine *e = run->engine;
+  StoreWork *work = t->work;
+  const GraphItem *it = work->item;
+  g_autoptr (GError) error = NULL;
+  g_autofree char *object = NULL;
+  gboolean unverified = FALSE;
+
+  if (!it)
+    {
+      record_failure (run, work, "download_error", "work item without remote state");
+      return;
+    }
+  if (run->cache_fs_bytes > 0 && it->size > 0 && (guint64) it->size > run->cache_fs_bytes)
+    {
+      record_failure (run, work, "too_large", "larger than the cache file system");
+      return;
+    }
+  if (it->size == 0)
+    object = make_empty_object (e, work, &error);
+  else
+    {
+      unverified = it->quickxor_hash == NULL;
+      object = download (t, &error);
+    }
+
+  if (!object)
+    {
+      const char *type = error_type_for (run, error, work);
+      if (strcmp (type, "cancelled") == 0)
+        {
+          /* Not a failure: the work stays queued as it was. */
+          sync_status_file_abandoned (e->status, work->path);
+          emit (e, "file_cancelled", fields_path (work->path));
+          return;
+        }
+      record_failure (run, work, type, error->message);
+      return;
+    }
+
+  if (!publish (run, work, object, unverified, &error))
+    {
+      g_autofree char *p = g_build_filename (e->objects_dir, object, NULL);
+      g_unlink (p);
+      record_failure (run, work, error_type_for (run, error, work), error->message);
+    }
+}
+
+/* The pool's function. */
+static void
+task_run (gpointer data, gpointer user_data)
+{
+  Task *t = data;
+  Run *run = t->run;
+  SyncEngine *e = run->engine;
+
+  /* Post-acquire check: this worker has the task now; nothing is done for it after cancel. */
+  g_rw_lock_reader_lock (&e->start_gate);
+  gboolean go = !g_cancellable_is_cancelled (run->cancel);
+  if (go)
+    {
+      sync_status_file_started (e->status, t->work->path);
+      sync_events_append (e->events, "file_started", fields_path (t->work->path));
+    }
+  g_rw_lock_reader_unlock (&e->start_gate);
+
+  if (go)
+    {
+      engine_notify (e, SYNC_NOTIFY_EVENT, 0, 0, NULL);   /* outside the gate: no lock held */
+      engine_hook (e, SYNC_HOOK_TASK_ACQUIRED, t->work->path);
+      process_file (t);
+    }
+
+  store_work_free (t->work);
+  g_free (t);
+
+  g_mutex_lock (&run->lock);
+  run->inflight--;
+  g_cond_broadcast (&run->cond);
+  g_mutex_unlock (&run->lock);
+}
+
+/* Metadata work on the run thread: mkdir, rename, move, delete, and files that need no
+ * download (filtered, invalid names). */
+static void
+process_inline (Run *run, StoreWork *work)
+{
+  g_autoptr (GError) error = NULL;
+
+  if (work->item && work->item->name_problem && work->action != STORE_ACTION_DELETE)
+    {
+      g_autofree char *msg = g_strdup_printf ("name cannot be a Linux file name: %s", work->item->name_problem);
+      record_failure (run, work, "name_invalid", msg);
+      return;
+    }
+  if (!publish (run, work, NULL, FALSE, &error))
+    record_failure (run, work, error_type_for (run, error, work), error->message);
+}
+
+/* ---- the run --------------------------------------------------------------------------- */
+
+static void
+run_note_source_error (Run *run, const char *path, const char *message)
+{
+  g_mutex_lock (&run->lock);
+  run->source_errors++;
+  g_hash_table_add (run->failed_sources, g_strdup (path));
+  g_mutex_unlock (&run->lock);
+  sync_status_source_set (run->engine->status, path, "error", 0, FALSE, message);
+  g_autofree char *msg = g_strdup_printf ("%s: %s", path, message);
+  sync_status_set_last_error (run->engine->status, msg);
+  g_warning ("source %s", msg);
+}
+
+static StoreSource *
+find_store_source (GPtrArray *sources, const char *path)
+{
+  for (guint i = 0; sources && i < sources->len; i++)
+    {
+      StoreSource *s = sources->pdata[i];
+      if (g_strcmp0 (s->remote_path, path) == 0)
+        return s;
+    }
+  return NULL;
+}
+
+/* Packages (OneNote) and shortcuts to other drives are not mirrored; the store records them
+ * without work, so the engine reports them here, where it still sees their kind — never a
+ * silent skip (seed item 9). Delta gives no reliable path, so the path is the source plus the
+ * name when the item sits directly in the source, else the name alone. */
+static void
+report_unmirrored (Run *run, const char *source_path, const char *source_item_id, GPtrArray *items)
+{
+  for (guint i = 0; i < items->len; i++)
+    {
+      const GraphItem *it = items->pdata[i];
+      if (it->deleted || (it->kind != GRAPH_ITEM_PACKAGE && it->kind != GRAPH_ITEM_REMOTE))
+        continue;
+      g_mutex_lock (&run->lock);
+      gboolean fresh = g_hash_table_add (run->unmirrored, g_strdup (it->id));
+      g_mutex_unlock (&run->lock);
+      if (!fresh)
+        continue;   /* duplicates in one set are one item */
+      g_autofree char *p = g_strcmp0 (it->parent_id, source_item_id) == 0
+                               ? g_build_filename (source_path, it->name ? it->name : it->id, NULL)
+                               : g_strdup (it->name ? it->name : it->id);
+      const char *reason = it->kind == GRAPH_ITEM_PACKAGE ? "package" : "remote_item";
+      sync_status_add_total (run->engine->status, 1);   /* it is a file of this run, too */
+      sync_status_file_filtered (run->engine->status, p, reason);
+      cJSON *f = fields_path (p);
+      cJSON_AddStringToObject (f, "reason", reason);
+      emit (run->engine, "file_filtered", f);
+    }
+}
+
+/* Reads one source's delta set into the store. Returns FALSE when the source failed or the
+ * run was cancelled (the old cursor stands then). */
+static gboolean
+enumerate_source (Run *run, const char *path)
+{
+  SyncEngine *e = run->engine;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GPtrArray) known = store_sources (e->store, &error);
+  if (!known)
+    {
+      run_note_source_error (run, path, error->message);
+      return FALSE;
+    }
+  StoreSource *src = find_store_source (known, path);
+  gint64 source_id;
+  g_autofree char *drive_id = NULL, *item_id = NULL, *cursor = NULL;
+  gint64 last_completed = 0;
+
+  if (src && src->drive_id && src->item_id)
+    {
+      source_id = src->id;
+      drive_id = g_strdup (src->drive_id);
+      item_id = g_strdup (src->item_id);
+      cursor = g_strdup (src->cursor);
+      last_completed = src->last_completed;
+    }
+  else
+    {
+      g_autoptr (GraphItem) item = graph_client_item_by_path (e->client, NULL, path, run->cancel, &error);
+      if (!item)
+        {
+          if (!g_cancellable_is_cancelled (run->cancel))
+            run_note_source_error (run, path, error->message);
+          return FALSE;
+        }
+      if (item->kind != GRAPH_ITEM_FOLDER)
+        {
+          run_note_source_error (run, path, "not a folder");
+          return FALSE;
+        }
+      if (!store_source_ensure (e->store, path, item->drive_id, item->id, &source_id, &error))
+        {
+          run_note_source_error (run, path, error->message);
+          return FALSE;
+        }
+      drive_id = g_strdup (item->drive_id);
+      item_id = g_strdup (item->id);
+    }
+
+  gboolean reconcile = FALSE;
+  const char *resync_reason = NULL;
+  if ((run->flags & SYNC_START_FULL) && cursor)
+    {
+      if (!store_source_reset_cursor (e->store, source_id, &error))
+        {
+          run_note_source_error (run, path, error->message);
+          return FALSE;
+        }
+      g_clear_pointer (&cursor, g_free);
+      reconcile = TRUE;
+      resync_reason = "full_start";
+    }
+  else if (run->flags & SYNC_START_FULL)
+    reconcile = TRUE, resync_reason = "full_start";
+
+  sync_status_source_set (e->status, path, "enumerating", last_completed, cursor != NULL, NULL);
+
+  for (guint attempt = 0;; attempt++)
+    {
+      if (!store_stage_begin (e->store, source_id, &error))
+        {
+          run_note_source_error (run, path, error->message);
+          return FALSE;
+        }
+      g_autofree char *link = g_strdup (cursor);
+      g_autofree char *delta_link = NULL;
+      gboolean resync = FALSE;
+      guint pages = 0;
+      while (!delta_link)
+        {
+          if (g_cancellable_is_cancelled (run->cancel))
+            return FALSE;
+          g_autoptr (GraphDeltaPage) page = graph_client_delta (e->client, link, drive_id, item_id, run->cancel, &error);
+          if (!page)
+            {
+              if (g_error_matches (error, GRAPH_ERROR, GRAPH_ERROR_RESYNC_REQUIRED) && attempt == 0)
+                {
+                  resync = TRUE;
+                  break;
+                }
+              if (!g_cancellable_is_cancelled (run->cancel))
+                run_note_source_error (run, path, error->message);
+              return FALSE;
+            }
+          pages++;
+          report_unmirrored (run, path, item_id, page->items);
+          for (guint i = 0; page->item_errors && i < page->item_errors->len; i++)
+            g_warning ("%s: item skipped by the parser: %s", path, (const char *) page->item_errors->pdata[i]);
+          if (page->items->len > 0 && !store_stage_add (e->store, source_id, page->items, &error))
+            {
+              run_note_source_error (run, path, error->message);
+              return FALSE;
+            }
+          g_free (link);
+          link = g_strdup (page->next_link);
+          delta_link = g_strdup (page->delta_link);
+          if (!delta_link && !link)
+            {
+              run_note_source_error (run, path, "delta page without a link");
+              return FALSE;
+            }
+        }
+
+      if (resync)
+        {
+          /* 410: the cursor is dead (even in the middle of a set). Enumerate everything and let
+           * the server win. */
+          g_info ("%s: resync required: full enumeration with reconciliation", path);
+          g_clear_error (&error);
+          if (!store_source_reset_cursor (e->store, source_id, &error))
+            {
+              run_note_source_error (run, path, error->message);
+              return FALSE;
+            }
+          g_clear_pointer (&cursor, g_free);
+          reconcile = TRUE;
+          resync_reason = "resync_required";
+          cJSON *f = fields_path (path);
+          cJSON_AddStringToObject (f, "reason", resync_reason);
+          emit (e, "source_resync", f);
+          continue;
+        }
+
+      if (g_cancellable_is_cancelled (run->cancel))
+        return FALSE;   /* decided before the commit: the old cursor stands */
+
+      StoreCommitStats stats = { 0 };
+      if (!store_stage_commit (e->store, source_id, delta_link, reconcile, &stats, &error))
+        {
+          run_note_source_error (run, path, error->message);
+          return FALSE;
+        }
+      g_debug ("%s: %u pages; queued %u downloads, %u updates, %u moves, %u deletes; %u unchanged", path, pages,
+               stats.queued_downloads, stats.queued_updates, stats.queued_moves, stats.queued_deletes, stats.unchanged);
+      sync_status_add_unchanged (e->status, stats.unchanged);
+      if (reconcile)
+        sync_status_source_resync (e->status, path, resync_reason, stats.queued_deletes);
+      sync_status_source_set (e->status, path, "processing", g_get_real_time () / G_USEC_PER_SEC, TRUE, NULL);
+      g_mutex_lock (&run->lock);
+      run->sources_ok++;
+      g_mutex_unlock (&run->lock);
+      return TRUE;
+    }
+}
+
+/* run_started goes out once the sources are enumerated, so that it (and every status read it
+ * triggers) already knows the run's total; a run that ends earlier announces itself then. */
+static void
+announce_started (Run *run)
+{
+  SyncEngine *e = run->engine;
+  if (run->announced)
+    return;
+  run->announced = TRUE;
+  cJSON *f = cJSON_CreateObject ();
+  cJSON_AddNumberToObject (f, "run_id", (double) run->run_id);
+  cJSON_AddBoolToObject (f, "full", (run->flags & SYNC_START_FULL) != 0);
+  cJSON_AddBoolToObject (f, "clear_exclusions", (run->flags & SYNC_START_CLEAR_EXCLUSIONS) != 0);
+  emit (e, "run_started", f);
+  engine_notify (e, SYNC_NOTIFY_STATUS, 0, 0, NULL);
+}
+
+static void
+wait_inflight_below (Run *run, guint limit)
+{
+  g_mutex_lock (&run->lock);
+  while (run->inflight > limit)
+    g_cond_wait (&run->cond, &run->lock);
+  g_mutex_unlock (&run->lock);
+}
+
+static void
+drain_queue (Run *run)
+{
+  SyncEngine *e = run->engine;
+  g_autoptr (GError) error = NULL;
+  /* `total` counts files (what a person follows), so the due work is counted once up front,
+   * folders left out: one read pass over the queue, cheap beside the work itself. */
+  guint total = 0;
+  for (gint64 after = 0;;)
+    {
+      g_autoptr (GPtrArray) batch = store_work_next (e->store, after, 1000, &error);
+      if (!batch)
+        {
+          g_warning ("work count: %s", error->message);
+          g_clear_error (&error);
+          break;
+        }
+      if (batch->len == 0)
+        break;
+      for (guint i = 0; i < batch->len; i++)
+        {
+          StoreWork *w = batch->pdata[i];
+          after = MAX (after, w->work_id);
+          total += !(w->item && w->item->kind == GRAPH_ITEM_FOLDER);
+        }
+    }
+  sync_status_add_total (e->status, total);
+  announce_started (run);
+
+  GThreadPool *pool = g_thread_pool_new (task_run, run, (gint) e->workers, FALSE, &error);
+  if (!pool)
+    {
+      g_mutex_lock (&run->lock);
+      run->fatal = g_strdup_printf ("thread pool: %s", error->message);
+      g_mutex_unlock (&run->lock);
+      return;
+    }
+
+  gint64 after = 0;
+  while (!g_cancellable_is_cancelled (run->cancel))
+    {
+      g_autoptr (GPtrArray) batch = store_work_next (e->store, after, DISPATCH_BATCH, &error);
+      if (!batch)
+        {
+          g_mutex_lock (&run->lock);
+          run->fatal = g_strdup_printf ("work queue: %s", error->message);
+          g_mutex_unlock (&run->lock);
+          break;
+        }
+      if (batch->len == 0)
+        break;
+      for (guint i = 0; i < batch->len; i++)
+        {
+          StoreWork *work = batch->pdata[i];
+          after = MAX (after, work->work_id);
+          if (g_cancellable_is_cancelled (run->cancel))
+            break;
+          gboolean is_file = work->action == STORE_ACTION_DOWNLOAD || work->action == STORE_ACTION_UPDATE;
+          const char *reason = is_file ? filter_reason (e, work) : NULL;
+          if (reason)
+            record_filtered (run, work, reason);
+          else if (is_file && !(work->item && work->item->name_problem))
+            {
+              Task *t = g_new0 (Task, 1);
+              t->run = run;
+              t->work = g_steal_pointer (&batch->pdata[i]);
+              /* Bounded: a cancel has little queued to skip and memory stays flat. */
+              wait_inflight_below (run, 2 * e->workers);
+              g_mutex_lock (&run->lock);
+              run->inflight++;
+              g_mutex_unlock (&run->lock);
+              if (!g_thread_pool_push (pool, t, &error))
+                {
+                  g_warning ("thread pool push: %s", error->message);
+                  g_clear_error (&error);
+                  store_work_free (t->work);
+                  g_free (t);
+                  g_mutex_lock (&run->lock);
+                  run->inflight--;
+                  g_mutex_unlock (&run->lock);
+                }
+            }
+          else
+            {
+              /* The post-acquire check holds for inline work too. */
+              g_rw_lock_reader_lock (&e->start_gate);
+              gboolean go = !g_cancellable_is_cancelled (run->cancel);
+              g_rw_lock_reader_unlock (&e->start_gate);
+              if (!go)
+                break;
+              process_inline (run, work);
+            }
+        }
+    }
+
+  /* Every pushed task runs; after a cancel each returns at its check. */
+  wait_inflight_below (run, 0);
+  g_thread_pool_free (pool, FALSE, TRUE);
+}
+
+static gpointer
+run_main (gpointer data)
+{
+  Run *run = data;
+  SyncEngine *e = run->engine;
+  g_autoptr (GError) error = NULL;
+
+  if (!store_run_begin (e->store, &run->run_id, &error))
+    {
+      run->fatal = g_strdup_printf ("store: %s", error->message);
+      g_clear_error (&error);
+    }
+  sync_status_begin_run (e->status, run->run_id);
+  engine_notify (e, SYNC_NOTIFY_STATUS, 0, 0, NULL);
+
+  if (!run->fatal && (run->flags & SYNC_START_CLEAR_EXCLUSIONS))
+    {
+      guint back = 0;
+      if (!store_clear_exclusions (e->store, &back, &error))
+        {
+          run->fatal = g_strdup_printf ("clear exclusions: %s", error->message);
+          g_clear_error (&error);
+        }
+      else
+        g_info ("%u excluded items come back", back);
+    }
+
+  struct statvfs sv;
+  if (statvfs (e->cache_dir, &sv) == 0)
+    run->cache_fs_bytes = (guint64) sv.f_blocks * sv.f_frsize;
+
+  if (!run->fatal)
+    {
+      for (guint i = 0; i < e->sources->len && !g_cancellable_is_cancelled (run->cancel); i++)
+        {
+          EngineSource *s = e->sources->pdata[i];
+          if (s->overlapped)
+            continue;
+          enumerate_source (run, s->path);
+        }
+      /* The queue holds this run's sets and whatever earlier runs left (failures, cancels). */
+      if (!g_cancellable_is_cancelled (run->cancel))
+        drain_queue (run);
+    }
+
+  engine_hook (e, SYNC_HOOK_BEFORE_DECIDE, NULL);
+
+  SyncCounters c;
+  sync_status_counters (e->status, &c);
+  SyncState want;
+  g_mutex_lock (&run->lock);
+  guint configured = 0;
+  for (guint i = 0; i < e->sources->len; i++)
+    configured += !((EngineSource *) e->sources->pdata[i])->overlapped;
+  if (run->fatal || (configured > 0 && run->sources_ok == 0))
+    want = SYNC_STATE_FAILED;
+  else if (run->source_errors > 0 || c.files_failed > 0)
+    want = SYNC_STATE_COMPLETED_WITH_ERRORS;
+  else
+    want = SYNC_STATE_COMPLETED;
+  g_autofree char *fatal = g_strdup (run->fatal);
+  g_mutex_unlock (&run->lock);
+
+  SyncState final = sync_run_state_finish (e->rs, run->run_seq, want);
+  if (fatal)
+    sync_status_set_last_error (e->status, fatal);
+  else if (final == SYNC_STATE_COMPLETED_WITH_ERRORS && c.files_failed > 0)
+    {
+      g_autofree char *msg = g_strdup_printf ("%u file(s) failed; they stay queued for the next run", c.files_failed);
+      sync_status_set_last_error (e->status, msg);
+    }
+
+  /* Sources that did their part say how the run left them (an "error" stays as set). */
+  g_autoptr (GPtrArray) known = store_sources (e->store, NULL);
+  for (guint k = 0; k < e->sources->len; k++)
+    {
+      EngineSource *s = e->sources->pdata[k];
+      StoreSource *st = find_store_source (known, s->path);
+      if (s->overlapped || g_hash_table_contains (run->failed_sources, s->path))
+        continue;
+      sync_status_source_set (e->status, s->path, final == SYNC_STATE_CANCELLED ? "idle" : "completed",
+                              st ? st->last_completed : 0, st && st->cursor, NULL);
+    }
+
+  sync_status_counters (e->status, &c);
+  StoreRunCounters rc = {
+    .processed = c.files_processed, .unchanged = c.files_unchanged, .failed = c.files_failed,
+    .filtered = c.files_filtered, .deleted = c.deleted_count, .renamed = c.renamed_count,
+    .bytes = c.bytes_downloaded,
+  };
+  if (run->run_id > 0)
+    {
+      g_autoptr (GError) local = NULL;
+      if (!store_run_finish (e->store, run->run_id, sync_state_to_string (final), &rc, fatal, &local))
+        g_warning ("cannot record run %" G_GINT64_FORMAT ": %s", run->run_id, local->message);
+    }
+  {
+    g_autoptr (GError) local = NULL;
+    if (!sync_changes_flush (e->changes, &local))
+      g_warning ("change feed: %s", local->message);
+  }
+
+  announce_started (run);
+  cJSON *f = cJSON_CreateObject ();
+  cJSON_AddNumberToObject (f, "run_id", (double) run->run_id);
+  cJSON_AddStringToObject (f, "state", sync_state_to_string (final));
+  cJSON_AddNumberToObject (f, "files_processed", c.files_processed);
+  cJSON_AddNumberToObject (f, "files_failed", c.files_failed);
+  emit (e, "run_finished", f);
+  g_info ("run %" G_GINT64_FORMAT " %s: %u processed, %u unchanged, %u failed, %u filtered, %u deleted, %u renamed",
+          run->run_id, sync_state_to_string (final), c.files_processed, c.files_unchanged, c.files_failed,
+          c.files_filtered, c.deleted_count, c.renamed_count);
+
+  guint64 seq = run->run_seq;
+  g_object_unref (run->cancel);
+  g_mutex_clear (&run->lock);
+  g_cond_clear (&run->cond);
+  g_free (run->fatal);
+  g_hash_table_unref (run->failed_sources);
+  g_hash_table_unref (run->unmirrored);
+  g_free (run);
+
+  sync_run_state_release (e->rs, seq);
+  engine_notify (e, SYNC_NOTIFY_STATUS, 0, 0, NULL);
+  return NULL;
+}
+
+/* ---- periodic sync --------------------------------------------------------------------- */
+
+static gpointer
+timer_main (gpointer data)
+{
+  SyncEngine *e = data;
+  g_mutex_lock (&e->timer_lock);
+  while (!e->stopping)
+    {
+      gint64 until = g_get_monotonic_time () + (gint64) e->sync_interval * G_USEC_PER_SEC;
+      while (!e->stopping && g_cond_wait_until (&e->timer_cond, &e->timer_lock, until))
+        ;
+      if (e->stopping)
+        break;
+      g_mutex_unlock (&e->timer_lock);
+      /* A run in progress is not news: the periodic start skips quietly. */
+      sync_engine_start (e, SYNC_START_PERIODIC, NULL);
+      g_mutex_lock (&e->timer_lock);
+    }
+  g_mutex_unlock (&e->timer_lock);
+  return NULL;
+}
+
+/* ---- public ---------------------------------------------------------------------------- */
+
+static void
+engine_source_free (gpointer p)
+{
+  EngineSource *s = p;
+  g_free (s->path);
+  g_free (s->covered_by);
+  g_free (s);
+}
+
+/* "/Documents/" → "/Documents"; "" → "/". */
+static char *
+normalize_source (const char *path)
+{
+  g_autofree char *p = g_strstrip (g_strdup (path));
+  GString *out = g_string_new ("");
+  g_auto (GStrv) parts = g_strsplit (p, "/", -1);
+  for (guint i = 0; parts[i]; i++)
+    if (*parts[i])
+      g_string_append_printf (out, "/%s", parts[i]);
+  if (out->len == 0)
+    g_string_append_c (out, '/');
+  return g_string_free (out, FALSE);
+}
+
+static gboolean
+path_within (const char *inner, const char *outer)
+{
+  if (strcmp (outer, "/") == 0)
+    return TRUE;
+  gsize n = strlen (outer);
+  return g_ascii_strncasecmp (inner, outer, n) == 0 && (inner[n] == '\0' || inner[n] == '/');
+}
+
+static void
+spec_free (gpointer p)
+{
+  g_pattern_spec_free (p);
+}
+
+SyncEngine *
+sync_engine_new (const SyncConfig *config, Store *store, GraphClient *client, GError **error)
+{
+  if (!config || !config->cache_dir || !store || !client)
+    {
+      g_set_error_literal (error, SYNC_ERROR, SYNC_ERROR_INVALID, "engine needs a cache dir, a store and a client");
+      return NULL;
+    }
+
+  g_autoptr (GError) local = NULL;
+  g_autofree char *objects = g_build_filename (config->cache_dir, "objects", NULL);
+  g_autofree char *tmp = g_build_filename (config->cache_dir, "tmp", NULL);
+  if (g_mkdir_with_parents (objects, 0700) != 0 || g_mkdir_with_parents (tmp, 0700) != 0)
+    {
+      int errsv = errno;
+      g_set_error (error, SYNC_ERROR, SYNC_ERROR_FAILED, "mkdir(%s): %s", config->cache_dir, g_strerror (errsv));
+      return NULL;
+    }
+  SyncChanges *changes = sync_changes_open (config->cache_dir, 0, &local);
+  if (!changes)
+    {
+      g_set_error (error, SYNC_ERROR, SYNC_ERROR_FAILED, "change feed: %s", local->message);
+      return NULL;
+    }
+
+  SyncEngine *e = g_new0 (SyncEngine, 1);
+  e->workers = config->workers ? config->workers : 4;
+  e->cache_dir = g_strdup (config->cache_dir);
+  e->objects_dir = g_steal_pointer (&objects);
+  e->tmp_dir = g_steal_pointer (&tmp);
+  e->max_file_size = config->max_file_size;
+  e->sync_interval = config->sync_interval;
+  e->store = store;
+  e->client = client;
+  e->changes = changes;
+  e->status = sync_status_new ();
+  e->events = sync_events_new (0);
+  g_rw_lock_init (&e->start_gate);
+  g_mutex_init (&e->publish_lock);
+  g_mutex_init (&e->lock);
+  g_mutex_init (&e->timer_lock);
+  g_cond_init (&e->timer_cond);
+
+  e->include_globs = g_ptr_array_new_with_free_func (spec_free);
+  e->exclude_globs = g_ptr_array_new_with_free_func (spec_free);
+  for (guint i = 0; config->include_globs && config->include_globs[i]; i++)
+    g_ptr_array_add (e->include_globs, g_pattern_spec_new (config->include_globs[i]));
+  for (guint i = 0; config->exclude_globs && config->exclude_globs[i]; i++)
+    g_ptr_array_add (e->exclude_globs, g_pattern_spec_new (config->exclude_globs[i]));
+
+  /* Overlapping sources (seed item 7) would process the same items twice: the inner one is
+   * kept in the status as covered by the outer one and not synced on its own. */
+  e->sources = g_ptr_array_new_with_free_func (engine_source_free);
+  for (guint i = 0; config->sources && config->sources[i]; i++)
+    {
+      EngineSource *s = g_new0 (EngineSource, 1);
+      s->path = normalize_source (config->sources[i]);
+      g_ptr_array_add (e->sources, s);
+    }
+  for (guint i = 0; i < e->sources->len; i++)
+    for (guint k = 0; k < e->sources->len; k++)
+      {
+        EngineSource *a = e->sources->pdata[i], *b = e->sources->pdata[k];
+        if (i == k || a->overlapped || b->overlapped)
+          continue;
+        /* Equal paths: the later one goes. */
+        if (path_within (a->path, b->path) && (g_ascii_strcasecmp (a->path, b->path) != 0 || i > k))
+          {
+            a->overlapped = TRUE;
+            a->covered_by = g_strdup (b->path);
+          }
+      }
+
+  /* What the store remembers: an interrupted run is reported as such, never as "syncing". */
+  SyncState initial = SYNC_STATE_IDLE;
+  g_autoptr (StoreRun) last = store_last_run (store, &local);
+  if (last)
+    {
+      if (!sync_state_from_string (last->state, &initial))
+        initial = SYNC_STATE_IDLE;
+      SyncCounters c = {
+        .files_processed = last->counters.processed, .files_unchanged = last->counters.unchanged,
+        .files_failed = last->counters.failed, .files_filtered = last->counters.filtered,
+        .deleted_count = last->counters.deleted, .renamed_count = last->counters.renamed,
+        .bytes_downloaded = last->counters.bytes,
+      };
+      sync_status_restore (e->status, last->id, &c, last->error_message);
+    }
+  g_clear_error (&local);
+  e->rs = sync_run_state_new (initial);
+
+  g_autoptr (GPtrArray) known = store_sources (store, NULL);
+  for (guint i = 0; i < e->sources->len; i++)
+    {
+      EngineSource *s = e->sources->pdata[i];
+      StoreSource *st = find_store_source (known, s->path);
+      if (s->overlapped)
+        {
+          g_autofree char *msg = g_strdup_printf ("inside the source %s: synced as part of it", s->covered_by);
+          sync_status_source_set (e->status, s->path, "covered", 0, FALSE, msg);
+        }
+      else
+        sync_status_source_set (e->status, s->path, "idle", st ? st->last_completed : 0, st && st->cursor, NULL);
+    }
+
+  if (e->sync_interval > 0)
+    e->timer_thread = g_thread_new ("odsf-sync-timer", timer_main, e);
+  return e;
+}
+
+void
+sync_engine_free (SyncEngine *e)
+{
+  if (!e)
+    return;
+  if (e->timer_thread)
+    {
+      g_mutex_lock (&e->timer_lock);
+      e->stopping = TRUE;
+      g_cond_broadcast (&e->timer_cond);
+      g_mutex_unlock (&e->timer_lock);
+      g_thread_join (e->timer_thread);
+    }
+  sync_engine_cancel (e);
+  g_mutex_lock (&e->lock);
+  GThread *t = g_steal_pointer (&e->run_thread);
+  g_mutex_unlock (&e->lock);
+  if (t)
+    g_thread_join (t);
+
+  sync_changes_free (e->changes);
+  sync_status_free (e->status);
+  sync_events_free (e->events);
+  sync_run_state_free (e->rs);
+  g_ptr_array_unref (e->include_globs);
+  g_ptr_array_unref (e->exclude_globs);
+  g_ptr_array_unref (e->sources);
+  g_free (e->cache_dir);
+  g_free (e->objects_dir);
+  g_free (e->tmp_dir);
+  g_rw_lock_clear (&e->start_gate);
+  g_mutex_clear (&e->publish_lock);
+  g_mutex_clear (&e->lock);
+  g_mutex_clear (&e->timer_lock);
+  g_cond_clear (&e->timer_cond);
+  g_free (e);
+}
+
+gboolean
+sync_engine_start (SyncEngine *e, SyncStartFlags flags, GError **error)
+{
+  if (flags & ~(SYNC_START_FULL | SYNC_START_CLEAR_EXCLUSIONS | SYNC_START_PERIODIC))
+    {
+      g_set_error (error, SYNC_ERROR, SYNC_ERROR_INVALID, "unknown start flags 0x%x", (guint) flags);
+      return FALSE;
+    }
+  gboolean periodic = (flags & SYNC_START_PERIODIC) != 0;
+  GCancellable *cancel = NULL;
+  guint64 seq = sync_run_state_try_start (e->rs, TRUE, &cancel);
+  if (seq == 0 && !periodic)
+    {
+      /* A run whose end is already decided (a cancel) only winds down — milliseconds, since
+       * its transfers abort. "Cancel, then start" should not need the user to retry, so
+       * wait for that briefly; a run still syncing is refused at once. */
+      g_auto (SyncRunSnapshot) snap = { 0 };
+      sync_run_state_snapshot (e->rs, &snap);
+      if (snap.active && sync_state_is_terminal (snap.state))
+        sync_run_state_wait_inactive (e->rs, 5 * G_USEC_PER_SEC);
+      seq = sync_run_state_try_start (e->rs, FALSE, &cancel);
+    }
+  if (seq == 0)
+    {
+      g_set_error_literal (error, SYNC_ERROR, SYNC_ERROR_BUSY, SYNC_BUSY_REASON);
+      if (!periodic)
+        engine_notify (e, SYNC_NOTIFY_STATUS, 0, 0, NULL);
+      return FALSE;
+    }
+
+  Run *run = g_new0 (Run, 1);
+  run->engine = e;
+  run->run_seq = seq;
+  run->flags = flags;
+  run->cancel = cancel;
+  run->failed_sources = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
+  run->unmirrored = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
+  g_mutex_init (&run->lock);
+  g_cond_init (&run->cond);
+
+  /* Only the winner of try_start gets here, and the previous run thread has released. */
+  g_mutex_lock (&e->lock);
+  GThread *old = g_steal_pointer (&e->run_thread);
+  g_mutex_unlock (&e->lock);
+  if (old)
+    g_thread_join (old);
+  GThread *t = g_thread_new ("odsf-sync-run", run_main, run);
+  g_mutex_lock (&e->lock);
+  e->run_thread = t;
+  g_mutex_unlock (&e->lock);
+  return TRUE;
+}
+
+gboolean
+sync_engine_parse_start_words (SyncEngine *e, const char *text, gsize len, SyncStartFlags *flags, GError **error)
+{
+  g_autofree char *copy = g_strndup (text ? text : "", len);
+  SyncStartFlags out = 0;
+  g_auto (GStrv) words = g_strsplit_set (copy, " \t\r\n,", -1);
+  for (guint i = 0; words[i]; i++)
+    {
+      const char *w = words[i];
+      if (!*w)
+        continue;
+      if (strcmp (w, "full") == 0)
+        out |= SYNC_START_FULL;
+      else if (strcmp (w, "clear-exclusions") == 0)
+        out |= SYNC_START_CLEAR_EXCLUSIONS;
+      else
+        {
+          g_autofree char *reason = g_strdup_printf ("unknown start word \"%s\" (known: full, clear-exclusions)", w);
+          sync_run_state_record_rejection (e->rs, reason);
+          g_set_error_literal (error, SYNC_ERROR, SYNC_ERROR_INVALID, reason);
+          engine_notify (e, SYNC_NOTIFY_STATUS, 0, 0, NULL);
+          return FALSE;
+        }
+    }
+  *flags = out;
+  return TRUE;
+}
+
+gboolean
+sync_engine_cancel (SyncEngine *e)
+{
+  if (!sync_run_state_cancel (e->rs))
+    return FALSE;
+  /* Wait out any task between its check and its "started" mark: once we return, no file
+   * starts. This is microseconds: readers hold the gate only for that step. */
+  g_rw_lock_writer_lock (&e->start_gate);
+  g_rw_lock_writer_unlock (&e->start_gate);
+  emit (e, "cancel_requested", NULL);
+  engine_notify (e, SYNC_NOTIFY_STATUS, 0, 0, NULL);
+  return TRUE;
+}
+
+gboolean
+sync_engine_wait_idle (SyncEngine *e, gint64 timeout_us)
+{
+  return sync_run_state_wait_inactive (e->rs, timeout_us);
+}
+
+char *
+sync_engine_status_json (SyncEngine *e)
+{
+  g_auto (SyncRunSnapshot) snap = { 0 };
+  sync_run_state_snapshot (e->rs, &snap);
+  return sync_status_to_json (e->status, &snap);
+}
+
+void
+sync_engine_set_notify (SyncEngine *e, SyncNotifyFunc func, gpointer user_data)
+{
+  g_mutex_lock (&e->lock);
+  e->notify = func;
+  e->notify_data = user_data;
+  g_mutex_unlock (&e->lock);
+}
+
+guint64
+sync_engine_events_head (SyncEngine *e)
+{
+  return sync_events_head (e->events);
+}
+
+gsize
+sync_engine_events_read (SyncEngine *e, guint64 *cursor, GString *out, gsize max_bytes)
+{
+  return sync_events_read (e->events, cursor, out, max_bytes);
+}
+
+void
+sync_engine_set_hook (SyncEngine *e, SyncHookPoint point, SyncHookFunc func, gpointer user_data)
+{
+  g_return_if_fail (point < SYNC_HOOK_N);
+  g_mutex_lock (&e->lock);
+  e->hooks[point] = func;
+  e->hook_data[point] = user_data;
+  g_mutex_unlock (&e->lock);
+}

@@ -1,0 +1,199 @@
+"""The .sync/ control files on a real mount: start/cancel semantics (EBUSY, EINVAL), status
+snapshots, poll wake-ups, the event stream, the change feed, permissions."""
+
+import errno
+import json
+import os
+import select
+import shutil
+import stat
+import subprocess
+import threading
+
+import pytest
+
+from mount_fixture import TERMINAL, drive_dir, fake, mount  # noqa: F401
+
+
+def slow_drive(root, files=12, size=256 * 1024):
+    for i in range(files):
+        (root / f"f{i:02}.bin").write_bytes(bytes([i]) * size)
+
+
+def slow_down(fake, bps=256 * 1024):
+    # The fake's bandwidth cap keeps a run active long enough to be refused or cancelled.
+    fake.faults(bandwidth_bps=bps)
+
+
+def test_status_snapshot_and_size(drive_dir, fake, mount):
+    (drive_dir / "a.txt").write_bytes(b"a")
+    mount.start()
+    path = mount.sync / "status"
+    text = open(path).read()
+    doc = json.loads(text)
+    assert "state" in doc
+    assert os.stat(path).st_size >= len(text) - 64   # a fresh snapshot's size, not 0 or 4096
+    cat = subprocess.run(["cat", path], capture_output=True, text=True, check=True).stdout
+    json.loads(cat)
+    if shutil.which("jq"):
+        subprocess.run(["jq", "-e", ".state", path], capture_output=True, check=True)
+    mount.sync_and_wait()
+    assert json.loads(open(path).read())["state"] == "completed"
+    mount.stop()
+
+
+def test_start_busy_invalid_and_cancel(drive_dir, fake, mount):
+    slow_drive(drive_dir)
+    slow_down(fake)
+    mount.allowed.append(__import__("re").compile("start refused"))
+    mount.start()
+
+    # No run: cancel succeeds and changes nothing.
+    before = mount.status()
+    mount.cancel()
+    assert mount.status()["state"] == before["state"]
+
+    # Unknown word: EINVAL, and the reason in the status. (bash, not dash: dash's echo reports
+    # every write error as "I/O error".)
+    r = subprocess.run(["bash", "-c", f"echo bogus-word > '{mount.sync}/start'"], capture_output=True, text=True)
+    assert r.returncode != 0 and "Invalid argument" in r.stderr
+    assert "bogus-word" in json.dumps(mount.status()["last_rejected_start"])
+
+    mount.start_sync()
+    mount.wait_status(lambda s: s["state"] == "syncing", 30, "syncing")
+
+    # Busy: from a shell echo and from Python.
+    r = subprocess.run(["bash", "-c", f"echo > '{mount.sync}/start'"], capture_output=True, text=True)
+    assert r.returncode != 0 and "busy" in r.stderr.lower(), r.stderr
+    with pytest.raises(OSError) as e:
+        with open(mount.sync / "start", "w") as f:
+            f.write("full\n")
+    assert e.value.errno == errno.EBUSY
+    rejected = mount.status()["last_rejected_start"]
+    assert rejected and "already in progress" in rejected["reason"]
+
+    mount.cancel()
+    doc = mount.wait_status(lambda s: s["state"] in TERMINAL, 30, "the cancel to land")
+    assert doc["state"] == "cancelled"
+    mount.stop()
+
+
+def read_raw(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, 1 << 20).decode()
+    finally:
+        os.close(fd)
+
+
+def test_status_parseable_throughout_a_run(drive_dir, fake, mount):
+    slow_drive(drive_dir, files=20, size=64 * 1024)
+    slow_down(fake, 1024 * 1024)
+    mount.start()
+    seen, bad = set(), []
+    done = threading.Event()
+
+    def hammer():
+        while not done.is_set():
+            for reader in (lambda p: open(p).read(), read_raw):
+                try:
+                    text = reader(mount.sync / "status")
+                    seen.add(json.loads(text)["state"])
+                except ValueError as e:
+                    bad.append(str(e))
+
+    t = threading.Thread(target=hammer)
+    t.start()
+    try:
+        mount.sync_and_wait(timeout=120)
+    finally:
+        done.set()
+        t.join()
+    assert not bad
+    assert {"syncing", "completed"} <= seen
+    mount.stop()
+
+
+def test_poll_wakes_on_status_change(drive_dir, fake, mount):
+    (drive_dir / "a.txt").write_bytes(b"a")
+    mount.start()
+    fd = os.open(mount.sync / "status", os.O_RDONLY)
+    try:
+        p = select.poll()
+        p.register(fd, select.POLLIN | select.POLLPRI)
+        assert p.poll(200) == []           # nothing changed since the open
+        mount.start_sync()
+        assert p.poll(10000), "poll did not wake when the status changed"
+    finally:
+        os.close(fd)
+    mount.wait_status(lambda s: s["state"] in TERMINAL)
+    mount.stop()
+
+
+def test_events_in_order_nothing_lost(drive_dir, fake, mount):
+    for i in range(30):
+        (drive_dir / f"e{i:02}.txt").write_bytes(b"x" * i)
+    mount.start()
+    lines = []
+    with open(mount.sync / "events", "rb", buffering=0) as ev:
+        mount.start_sync()
+        buf = b""
+        while True:
+            chunk = ev.read(512)        # a small buffer: long lines arrive in pieces
+            assert chunk, "events ended early"
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                lines.append(json.loads(line))
+            if lines and lines[-1]["event"] == "run_finished":
+                break
+    events = [e["event"] for e in lines]
+    assert "events_lost" not in events
+    assert events[0] == "run_started"
+    seqs = [e["seq"] for e in lines]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "sequence numbers skip"
+    published = {e["path"] for e in lines if e["event"] == "file_published"}
+    assert {f"/e{i:02}.txt" for i in range(30)} <= published
+    mount.stop()
+
+
+def test_blocked_events_reader_is_interruptible(drive_dir, fake, mount):
+    mount.start()
+    r = subprocess.run(["timeout", "-s", "INT", "0.5", "cat", mount.sync / "events"], capture_output=True)
+    assert r.returncode == 124          # cat blocked until the signal, then ended
+    mount.stop()
+
+
+def test_changes_feed(drive_dir, fake, mount):
+    (drive_dir / "c1.txt").write_bytes(b"one")
+    (drive_dir / "c2.txt").write_bytes(b"two!")
+    mount.start()
+    mount.sync_and_wait()
+    text = (mount.sync / "changes").read_text()
+    lines = [json.loads(l) for l in text.splitlines() if l]
+    assert lines[0].get("format") == "odsf-changes"
+    paths = {l["path"]: l for l in lines[1:]}
+    assert paths["/c1.txt"]["size"] == 3 and paths["/c2.txt"]["size"] == 4
+    # A reader resumes from its byte offset.
+    offset = len(text.encode())
+    fake.add("/c3.txt", b"three")
+    mount.sync_and_wait()
+    with open(mount.sync / "changes", "rb") as f:
+        f.seek(offset)
+        rest = [json.loads(l) for l in f.read().splitlines() if l]
+    assert [l["path"] for l in rest] == ["/c3.txt"]
+    mount.stop()
+
+
+def test_control_file_modes(drive_dir, fake, mount):
+    mount.start()
+    modes = {n: stat.S_IMODE(os.stat(mount.sync / n).st_mode) for n in ("start", "cancel", "status", "events", "changes")}
+    assert modes == {"start": 0o200, "cancel": 0o200, "status": 0o444, "events": 0o400, "changes": 0o400}
+    with pytest.raises(OSError):
+        os.unlink(mount.sync / "status")
+    # Nobody but the owner may write: a different uid is refused by the kernel's permission check.
+    if os.getuid() == 0:
+        r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c",
+                            f"echo > '{mount.sync}/start'"], capture_output=True, text=True)
+        assert r.returncode != 0   # without allow_other the mount is not even visible to others
+    mount.stop()
