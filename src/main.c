@@ -218,6 +218,7 @@ main (int argc, char **argv)
     {
       printf ("onedrive-syncfs %s\n", PACKAGE_VERSION);
       printf ("libfuse %s\n", fuse_pkgversion ());
+      fflush (stdout);   /* fusermount3 --version, run by libfuse, writes to the same fd */
       fuse_lowlevel_version ();
       return EXIT_OK;
     }

@@ -256,7 +256,8 @@ entry_to_stat (FsMount *m, const StoreEntry *entry, struct stat *st)
   st->st_size = entry->size > 0 ? entry->size : 0;
   st->st_blksize = 128 * 1024;
   st->st_blocks = (st->st_size + 511) / 512;
-  st->st_mtim.tv_sec = entry->mtime;
+  /* The root and synthetic folders have no time of their own: show the mount's. */
+  st->st_mtim.tv_sec = entry->mtime != 0 ? entry->mtime : m->started;
   st->st_atim = st->st_mtim;
   st->st_ctim = st->st_mtim;
 }

@@ -93,6 +93,19 @@ graph_url_for_log (const char *url)
 }
 
 char *
+graph_url_origin (const char *url)
+{
+  if (url == NULL)
+    return g_strdup ("(null)");
+  const char *p = strstr (url, "://");
+  if (p == NULL)
+    return g_strdup ("(not a URL)");
+  p += 3;
+  gsize n = strcspn (p, "/?#");
+  return g_strndup (url, (gsize) (p - url) + n);
+}
+
+char *
 graph_encode_path (const char *path)
 {
   g_auto (GStrv) parts = g_strsplit (path != NULL ? path : "", "/", -1);
@@ -291,7 +304,8 @@ graph_client_call (GraphClient *client, GraphCall *call, GraphHttpResponse *resp
   g_autofree char *what_owned = NULL;
   if (call->http.what == NULL)
     {
-      g_autofree char *shown = graph_url_for_log (call->http.url);
+      g_autofree char *shown = call->http.secret_url ? graph_url_origin (call->http.url)
+                                                     : graph_url_for_log (call->http.url);
       what_owned = g_strdup_printf ("%s %s", call->http.method != NULL ? call->http.method : "GET", shown);
     }
   const char *what = call->http.what != NULL ? call->http.what : what_owned;
@@ -343,7 +357,7 @@ graph_client_call (GraphClient *client, GraphCall *call, GraphHttpResponse *resp
             {
               g_set_error (error, GRAPH_ERROR, GRAPH_ERROR_AUTH,
                            "%s: Microsoft Graph refused a freshly refreshed access token; "
-                           "log in again", what);
+                           "log in again (onedrive-syncctl login)", what);
               graph_error_private (*error)->status = 401;
               return FALSE;
             }
@@ -364,7 +378,7 @@ graph_client_call (GraphClient *client, GraphCall *call, GraphHttpResponse *resp
             break;
           {
             gint64 delay = graph_retry_backoff_ms (backoffs++, client->retry_base_ms, client->retry_max_ms);
-            g_debug ("%s: %s; retry %u in %" G_GINT64_FORMAT " ms", what, local->message, backoffs, delay);
+            g_debug ("%s; retry %u in %" G_GINT64_FORMAT " ms", local->message, backoffs, delay);
             if (!graph_client_sleep (client, delay, cancel, error))
               return FALSE;
           }
@@ -655,7 +669,7 @@ graph_client_download (GraphClient *client, const char *drive_id, const char *it
         goto out;
 
       GraphCall call = {
-        .http = { .url = location, .what = what_download, .sink = download_sink, .sink_data = &d,
+        .http = { .url = location, .what = what_download, .secret_url = TRUE, .sink = download_sink, .sink_data = &d,
                   .progress = progress, .progress_data = user_data },
         .authenticated = FALSE,  /* never send the token to the download host */
         .before_attempt = download_before_attempt,

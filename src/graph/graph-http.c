@@ -373,7 +373,8 @@ graph_http_perform (GraphHttp *http, const GraphHttpRequest *request, GraphHttpR
                     GCancellable *cancel, GError **error)
 {
   const char *method = request->method != NULL ? request->method : "GET";
-  g_autofree char *url_shown = graph_url_for_log (request->url);
+  g_autofree char *url_shown = request->secret_url ? graph_url_origin (request->url)
+                                                   : graph_url_for_log (request->url);
   g_autofree char *what = request->what != NULL ? g_strdup (request->what)
                                                 : g_strdup_printf ("%s %s", method, url_shown);
 

@@ -73,6 +73,9 @@ gboolean graph_link_on_base (const char *link, const char *base);
 /* Removes the query and fragment: what may be logged of a URL (download URLs and links
  * carry credentials or tokens in their query). */
 char *graph_url_for_log (const char *url);
+/* "scheme://host:port" of @url: all that may be logged of a pre-authenticated URL, whose
+ * path or query carries its signature. */
+char *graph_url_origin (const char *url);
 /* "/a b/c#d" → "a%20b/c%23d": every segment percent-encoded as UTF-8; empty segments go. */
 char *graph_encode_path (const char *path);
 
@@ -102,6 +105,7 @@ typedef struct {
   const char   *bearer;      /* access token; NULL: no Authorization header at all */
   guint64       range_from;  /* > 0: Range: bytes=N- */
   gboolean      json;        /* Accept: application/json, compressed transfer allowed */
+  gboolean      secret_url;  /* the URL itself is a credential (download URLs): log its origin only */
   GraphSinkFunc sink;        /* 2xx bodies go here when set */
   gpointer      sink_data;
   GraphProgressFunc progress;

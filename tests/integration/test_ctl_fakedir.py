@@ -155,7 +155,8 @@ def test_status_table(mnt):
     lines = r.stdout.splitlines()
     assert lines[0].startswith("State:     syncing, started 2026-12-03")
     assert lines[1] == "Progress:  6/10 items (60%), 3.0 MiB downloaded, 1 failed"
-    assert lines[2] == "Working:   /Docs/a, /Docs/b"
+    assert lines[2] == "Items:     4 downloaded, 1 unchanged, 1 failed"
+    assert lines[3] == "Working:   /Docs/a, /Docs/b"
     assert "Failed files (1):" in lines
     assert "  /Docs/broken.pdf: hash_mismatch: content does not match quickXorHash (2 attempts)" in lines
     assert any(l.startswith("  /Docs ") and l.endswith("processing") for l in lines)

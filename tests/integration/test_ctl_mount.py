@@ -8,6 +8,7 @@ stays active until the test removes the cap."""
 import json
 import re
 import os
+import pathlib
 import pty
 import select
 import shutil
@@ -240,3 +241,96 @@ def test_follow_progress_bar(world_files):
     finally:
         p.kill()
         os.close(master)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="needs root and setpriv to act as another user")
+def test_other_user_with_allow_other(tmp_path):
+    """With allow_other another user reads the status but cannot start or cancel: the tool says
+    why and exits 1."""
+    import tempfile
+    # The mount point must be reachable by that user: pytest's tmp dirs are private.
+    base = pathlib.Path(tempfile.mkdtemp(prefix="odsf-ctl-other-"))
+    base.chmod(0o755)
+    fake = FakeGraph(tmp_path, "--device-interval", "1")
+    mount = None
+    try:
+        env = isolated_env(tmp_path)
+        write_profile(env, fake)
+        assert login(env, fake).returncode == EXIT_OK
+        mount = Daemon(tmp_path, env, base / "mnt", "allow_other")
+        as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(SYNCCTL)]
+        if not os.access(SYNCCTL, os.X_OK) or not all(
+                os.stat(p).st_mode & 0o005 for p in [SYNCCTL, *SYNCCTL.parents][:-1]):
+            pytest.skip(f"{SYNCCTL} is not reachable by another user")
+        st = subprocess.run(as_nobody + ["status", str(mount.mountpoint)], capture_output=True, text=True)
+        assert st.returncode == EXIT_OK, st.stderr
+        assert st.stdout.startswith("State:     ")
+        s = subprocess.run(as_nobody + ["start", str(mount.mountpoint)], capture_output=True, text=True)
+        assert s.returncode == 1, s
+        assert "only the owner of the mount may start a sync" in s.stderr
+        c = subprocess.run(as_nobody + ["cancel", str(mount.mountpoint)], capture_output=True, text=True)
+        assert c.returncode == 1, c
+        mount.stop()
+        mount = None
+    finally:
+        if mount:
+            mount.kill()
+        fake.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def unit_exec_start(daemon, profile, mountpoint, options=""):
+    """The unit template's ExecStart with systemd's substitutions done by hand: %i, $OPTIONS
+    (split into words) and ${MOUNTPOINT}."""
+    import shlex
+    from ctl_helpers import SOURCE
+    unit = (SOURCE / "data" / "systemd" / "onedrive-syncfs@.service.in").read_text()
+    line = next(l for l in unit.splitlines() if l.startswith("ExecStart="))[len("ExecStart="):]
+    line = line.replace("@bindir@/onedrive-syncfs", shlex.quote(str(daemon)))
+    line = line.replace("%i", profile).replace("${MOUNTPOINT}", shlex.quote(str(mountpoint)))
+    line = line.replace("$OPTIONS", options)
+    return shlex.split(line)
+
+
+def test_unit_command_line_stops_cleanly_on_sigterm(tmp_path):
+    """What systemd runs for onedrive-syncfs@default, stopped the way systemd stops it (SIGTERM)
+    in the middle of a sync: exit 0, unmounted, and the next mount starts clean."""
+    from ctl_helpers import is_mounted, force_unmount
+    fake = FakeGraph(tmp_path, "--device-interval", "1", synthetic=f"{FILES},{SIZE},3")
+    mnt = tmp_path / "OneDrive-default"
+    mnt.mkdir()
+    proc = None
+    try:
+        env = isolated_env(tmp_path)
+        write_profile(env, fake)
+        assert login(env, fake).returncode == EXIT_OK
+        argv = unit_exec_start(DAEMON, "default", mnt, "-o sync_on_mount")
+        assert argv[1:4] == ["-f", "-o", "profile=default"], argv
+        throttle(fake, 4096)
+        log = open(tmp_path / "unit.log", "w+")
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        wait_until(lambda: is_mounted(mnt) or proc.poll() is not None, timeout=20, what="the mount")
+        assert proc.poll() is None, open(tmp_path / "unit.log").read()
+        wait_state(mnt, lambda s: s["state"] == "syncing", "the sync_on_mount run")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, open(tmp_path / "unit.log").read()
+        assert not is_mounted(mnt)
+        proc = None
+        throttle(fake, 0)
+        # Restarted (as Restart= would after a crash, or the next login): the run resumes.
+        m = Daemon(tmp_path, env, mnt, "profile=default")
+        try:
+            r = run_ctl("start", mnt, "--wait", env=env, timeout=120)
+            assert r.returncode == EXIT_OK, r.stdout + r.stderr
+            assert status(mnt)["state"] == "completed"
+            m.stop()
+        except BaseException:
+            m.kill()
+            raise
+    finally:
+        if proc is not None:
+            force_unmount(mnt)
+            proc.kill()
+            proc.wait()
+        fake.stop()

@@ -48,6 +48,15 @@ def test_access_tokens_expire(fake_factory, tree):
     assert refresh(f, r.json()["refresh_token"]).json()["error"] == "invalid_grant"
 
 
+def test_short_lived_access_token_expires_by_time(fake):
+    import time
+    pair = fake.mint(lifetime=0.3)
+    assert fake.get("/me/drive", token=pair["access_token"]).status == 200
+    time.sleep(0.4)                    # past the lifetime the fake gave the token
+    r = fake.get("/me/drive", token=pair["access_token"])
+    assert r.status == 401 and "expired" in r.json()["error"]["message"]
+
+
 def test_refresh_temporarily_unavailable(fake):
     pair = fake.mint()
     fake.admin("auth", {"refresh_unavailable": True})

@@ -166,3 +166,19 @@ def test_exit_codes(drive_dir, fake, mount, tmp_path):
     assert run_daemon(mount, "--help").returncode == 0
     v = run_daemon(mount, "--version")
     assert v.returncode == 0 and "onedrive-syncfs" in v.stdout
+
+
+def test_cache_on_full_disk(drive_dir, fake, mount, tmp_path):
+    """Exit code 5 when the cache directory's disk is full; needs root to mount a tiny tmpfs."""
+    small = tmp_path / "small"
+    small.mkdir()
+    if os.getuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)],
+                                          capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        r = run_daemon(mount, "-o", f"graph_url={fake.graph_url},cache_dir={small}/cache,token_file={mount.token_file}",
+                       str(mount.mnt))
+        assert r.returncode == 5, r.stderr
+        assert "full disk" in r.stderr
+    finally:
+        subprocess.run(["umount", "-l", str(small)], capture_output=True)

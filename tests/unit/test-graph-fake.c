@@ -1120,10 +1120,181 @@ test_gate_cancel (Fixture *f, gconstpointer data)
   g_object_unref (r.cancel);
 }
 
+/* ---- transport ------------------------------------------------------------------------ */
+
+static void
+test_stall_timeout (Fixture *f, gconstpointer data)
+{
+  START (f, "--synthetic", "3,1k,1");
+  Added a = add_file (f, "/dl/slow.bin", 4096, 2);
+  /* the download host sits on the request for 3 s; the client gives up after 1 s of no bytes */
+  faults (f, "{\"download_latency_ms\":3000}");
+  GraphConfig config = {
+    .graph_url = f->fg->graph_url, .login_url = f->fg->login_url, .client_id = "odsf-test",
+    .token_file = f->token_file, .max_retries = 1, .retry_base_ms = 10, .retry_max_ms = 10,
+    .stall_timeout_s = 1,
+  };
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GraphClient) impatient = graph_client_new (&config, &error);
+  g_assert_no_error (error);
+  int fd = temp_fd (f);
+  gint64 t0 = g_get_monotonic_time ();
+  g_assert_false (graph_client_download (impatient, NULL, a.id, a.hash, fd, NULL, NULL, NULL, NULL, &error));
+  gint64 took = g_get_monotonic_time () - t0;
+  g_assert_error (error, GRAPH_ERROR, GRAPH_ERROR_TIMEOUT);
+  g_test_message ("stalled download gave up after %.2f s (2 tries, 1 s stall limit)", took / 1e6);
+  g_assert_cmpint (took, <, 2900 * 1000);  /* did not wait the stall out */
+  g_assert_cmpfloat (stat_number (f, "requests", "download"), ==, 2);  /* retried once */
+  close (fd);
+  added_clear (&a);
+}
+
+static void
+test_tls (Fixture *f, gconstpointer data)
+{
+  g_autofree char *openssl = g_find_program_in_path ("openssl");
+  if (openssl == NULL)
+    {
+      g_test_skip ("openssl is not installed");
+      return;
+    }
+  f->dir = g_dir_make_tmp ("odsf-graph-tls-XXXXXX", NULL);
+  g_autofree char *cert = g_build_filename (f->dir, "cert.pem", NULL);
+  g_autofree char *key = g_build_filename (f->dir, "key.pem", NULL);
+  const char *argv[] = { openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                         "-keyout", key, "-out", cert, NULL };
+  gint status = 0;
+  g_autoptr (GError) error = NULL;
+  g_assert_true (g_spawn_sync (NULL, (char **) argv, NULL, G_SPAWN_STDOUT_TO_DEV_NULL | G_SPAWN_STDERR_TO_DEV_NULL,
+                               NULL, NULL, NULL, NULL, &status, &error));
+  g_assert_true (g_spawn_check_wait_status (status, &error));
+  /* the C fixture's admin calls do not speak TLS: a static token stands in for minting */
+  f->fg = fake_graph_start ((const char *[]) { "--synthetic", "2,4k,1", "--tls", cert, key,
+                                               "--access-token", "static-bench-token", NULL }, &error);
+  if (f->fg == NULL)
+    {
+      g_test_skip_printf ("fake-graph cannot start with TLS: %s", error->message);
+      return;
+    }
+  g_assert_true (g_str_has_prefix (f->fg->graph_url, "https://"));
+  f->token_file = g_build_filename (f->dir, "p", "token.json", NULL);
+  g_assert_true (graph_auth_save (f->token_file, "unused-refresh", "static-bench-token", G_MAXINT32, &error));
+
+  for (guint with_ca = 0; with_ca < 2; with_ca++)
+    {
+      GraphConfig config = {
+        .graph_url = f->fg->graph_url, .login_url = f->fg->login_url, .client_id = "odsf-test",
+        .token_file = f->token_file, .ca_file = with_ca ? cert : NULL, .retry_base_ms = 10,
+      };
+      g_autoptr (GraphClient) c = graph_client_new (&config, &error);
+      g_assert_no_error (error);
+      gint64 t0 = g_get_monotonic_time ();
+      g_autofree char *drive = graph_client_my_drive_id (c, NULL, &error);
+      if (with_ca)
+        {
+          g_assert_no_error (error);
+          g_assert_cmpstr (drive, ==, f->fg->drive_id);
+          /* a download over TLS, the redirect target verified too */
+          g_autoptr (GraphItem) item = graph_client_item_by_path (c, NULL, "/folder-0000/file-000000.bin", NULL, &error);
+          g_assert_no_error (error);
+          int fd = open (f->dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+          g_assert_true (graph_client_download (c, NULL, item->id, item->quickxor_hash, fd, NULL, NULL, NULL, NULL, &error));
+          g_assert_no_error (error);
+          g_assert_cmpint (fd_size (fd), ==, 4096);
+          close (fd);
+        }
+      else
+        {
+          /* a self-signed server without its CA: refused, and not retried (fast) */
+          g_assert_null (drive);
+          g_assert_error (error, GRAPH_ERROR, GRAPH_ERROR_FAILED);
+          g_assert_cmpint (g_get_monotonic_time () - t0, <, 2 * G_USEC_PER_SEC);
+          g_clear_error (&error);
+        }
+    }
+}
+
+/* Every log line of the process, for the no-secrets check. */
+static GMutex log_lock;
+static GString *log_text;
+
+static GLogWriterOutput
+capture_writer (GLogLevelFlags level, const GLogField *fields, gsize n_fields, gpointer data)
+{
+  g_mutex_lock (&log_lock);
+  if (log_text != NULL)
+    for (gsize i = 0; i < n_fields; i++)
+      if (g_strcmp0 (fields[i].key, "MESSAGE") == 0)
+        {
+          g_string_append_len (log_text, fields[i].value, fields[i].length);
+          g_string_append_c (log_text, '\n');
+        }
+  g_mutex_unlock (&log_lock);
+  /* debug lines are captured above whether or not they are shown */
+  if (level & G_LOG_LEVEL_DEBUG)
+    return G_LOG_WRITER_HANDLED;
+  return g_log_writer_default (level, fields, n_fields, data);
+}
+
+static void
+test_no_secrets_in_logs (Fixture *f, gconstpointer data)
+{
+  START (f, "--synthetic", "3,1k,1");
+  Added a = add_file (f, "/dl/s.bin", 100000, 4);
+  g_autoptr (GError) error = NULL;
+  g_autofree char *access = NULL, *refresh = NULL;
+  g_assert_true (fake_graph_mint_token (f->fg, 0, &access, &refresh, &error));
+  g_assert_true (graph_auth_save (f->token_file, refresh, access, g_get_real_time () / G_USEC_PER_SEC + 3000, &error));
+  g_clear_pointer (&f->client, graph_client_free);
+
+  g_mutex_lock (&log_lock);
+  log_text = g_string_new (NULL);
+  g_mutex_unlock (&log_lock);
+  gboolean was_enabled = g_log_get_debug_enabled ();
+  g_log_set_debug_enabled (TRUE);
+
+  f->client = new_client (f, f->token_file);
+  /* a refresh (the rotated pair), a 401, retries, a download with its signed URL */
+  g_autoptr (cJSON) expired = admin (f, "tokens/expire", "{}");
+  faults (f, "{\"errors\":[{\"status\":500,\"route\":\"download\",\"count\":1}]}");
+  int fd = temp_fd (f);
+  g_assert_true (graph_client_download (f->client, NULL, a.id, a.hash, fd, NULL, NULL, NULL, NULL, &error));
+  g_assert_no_error (error);
+  close (fd);
+  g_autofree char *rotated = file_refresh_token (f->token_file);
+  g_autofree char *text = NULL;
+  g_assert_true (g_file_get_contents (f->token_file, &text, NULL, NULL));
+  g_autoptr (cJSON) tok = cJSON_Parse (text);
+  const char *new_access = cJSON_GetObjectItem (tok, "access_token")->valuestring;
+
+  g_log_set_debug_enabled (was_enabled);
+  g_mutex_lock (&log_lock);
+  g_autofree char *logged = g_string_free (g_steal_pointer (&log_text), FALSE);
+  g_mutex_unlock (&log_lock);
+  g_assert_nonnull (strstr (logged, "refreshing"));  /* the capture saw the client's debug lines */
+  g_assert_null (strstr (logged, access));
+  g_assert_null (strstr (logged, refresh));
+  g_assert_null (strstr (logged, rotated));
+  g_assert_null (strstr (logged, new_access));
+  g_assert_null (strstr (logged, "Bearer"));
+  g_assert_null (strstr (logged, "Authorization"));
+  g_assert_null (strstr (logged, "?"));  /* no URL query (signed download URLs, delta tokens) */
+  /* nothing of a signed download URL beyond its origin (the fake signs in the path) */
+  g_autofree char *dl_path = g_strconcat (f->fg->download_url, "/", NULL);
+  g_assert_null (strstr (logged, dl_path));
+  g_assert_nonnull (strstr (logged, f->fg->download_url));
+  added_clear (&a);
+}
+
 int
 main (int argc, char **argv)
 {
+  g_log_set_writer_func (capture_writer, NULL, NULL);
   g_test_init (&argc, &argv, NULL);
+  /* Route messages through the writer above (g_test_init prints them itself, debug included,
+   * thousands of lines under the throttle test), so debug lines are captured, not shown. */
+  g_log_set_default_handler (g_log_default_handler, NULL);
 #define ADD(path, fn) g_test_add ("/graph-fake/" path, Fixture, NULL, fixture_setup, fn, fixture_teardown)
   ADD ("delta/paging-and-tokens", test_delta_paging);
   ADD ("delta/duplicates-shuffle-empty", test_delta_duplicates_shuffle_empty);
@@ -1144,6 +1315,9 @@ main (int argc, char **argv)
   ADD ("download/resume", test_download_resume);
   ADD ("download/faults", test_download_faults);
   ADD ("download/cancel-latency", test_download_cancel);
+  ADD ("transport/stall-timeout", test_stall_timeout);
+  ADD ("transport/tls-verify", test_tls);
+  ADD ("transport/no-secrets-in-logs", test_no_secrets_in_logs);
   ADD ("retry/cancel-behind-gate", test_gate_cancel);
   return g_test_run ();
 }

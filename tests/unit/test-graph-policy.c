@@ -177,6 +177,8 @@ test_encode_path (void)
     }
   g_autofree char *log = graph_url_for_log ("https://dl.example/file?tempauth=SECRET#frag");
   g_assert_cmpstr (log, ==, "https://dl.example/file");
+  g_autofree char *origin = graph_url_origin ("https://dl.example:8443/sig/NATURE?x=1");
+  g_assert_cmpstr (origin, ==, "https://dl.example:8443");
 }
 
 typedef struct {

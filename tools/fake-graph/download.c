@@ -17,6 +17,7 @@
 #include "fake-graph.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -80,12 +81,20 @@ stream_read (void *cls, uint64_t pos, char *buf, size_t max)
         {
           if (strcmp (s->rule->kind, "reset") == 0)
             {
-              /* Linger 0: close() sends RST instead of FIN, as a dropped connection would. */
+              /* libmicrohttpd shuts a connection down with a FIN before closing it, so a
+               * plain error return is a clean (if short) end. For a reset, close the socket
+               * ourselves with linger 0 (the kernel sends RST), by dup2-ing /dev/null over its
+               * descriptor: the number stays valid for libmicrohttpd, which then fails on it
+               * and closes /dev/null, and no other connection can be handed that number. */
               const union MHD_ConnectionInfo *ci =
                 MHD_get_connection_info (s->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
               struct linger lg = { 1, 0 };
-              if (ci)
-                setsockopt (ci->connect_fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+              int devnull = open ("/dev/null", O_RDWR | O_CLOEXEC);
+              if (ci && devnull >= 0 &&
+                  setsockopt (ci->connect_fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg) == 0)
+                dup3 (devnull, ci->connect_fd, O_CLOEXEC);
+              if (devnull >= 0)
+                close (devnull);
             }
           g_message ("download: %s after %" G_GUINT64_FORMAT " bytes (injected)", s->rule->kind, pos);
           return MHD_CONTENT_READER_END_WITH_ERROR;

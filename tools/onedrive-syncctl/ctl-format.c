@@ -333,6 +333,24 @@ ctl_format_status (const cJSON *status, gint64 now_us)
   append_progress (s, &p);
   g_string_append_c (s, '\n');
 
+  /* What the finished items were, in the status document's own words; zeros left out. */
+  static const struct { const char *field, *label; } kinds[] = {
+    { "files_processed", "downloaded" }, { "files_unchanged", "unchanged" },
+    { "files_failed", "failed" }, { "files_filtered", "not mirrored" },
+    { "files_unverified", "without a hash" }, { "folders_processed", "folders" },
+    { "renamed_count", "renamed" }, { "deleted_count", "deleted" },
+  };
+  g_autoptr (GString) detail = g_string_new (NULL);
+  for (gsize i = 0; i < G_N_ELEMENTS (kinds); i++)
+    {
+      gint64 n = num (status, kinds[i].field);
+      if (n > 0)
+        g_string_append_printf (detail, "%s%" G_GINT64_FORMAT " %s", detail->len ? ", " : "", n,
+                                kinds[i].label);
+    }
+  if (detail->len)
+    g_string_append_printf (s, "Items:     %s\n", detail->str);
+
   const cJSON *cur = cJSON_GetObjectItemCaseSensitive (status, "current_files");
   if (strcmp (state, "syncing") == 0 && cJSON_IsArray (cur) && cJSON_GetArraySize (cur) > 0)
     {
@@ -390,6 +408,19 @@ ctl_format_status (const cJSON *status, gint64 now_us)
           if (attempts > 1)
             g_string_append_printf (s, " (%" G_GINT64_FORMAT " attempts)", attempts);
           g_string_append_c (s, '\n');
+        }
+    }
+
+  const cJSON *filtered = cJSON_GetObjectItemCaseSensitive (status, "filtered_files");
+  if (cJSON_IsArray (filtered) && cJSON_GetArraySize (filtered) > 0)
+    {
+      g_string_append_printf (s, "Not mirrored (%d):\n", cJSON_GetArraySize (filtered));
+      const cJSON *f;
+      cJSON_ArrayForEach (f, filtered)
+        {
+          const char *path = cJSON_IsString (f) ? f->valuestring : str (f, "path");
+          const char *why = str (f, "reason");
+          g_string_append_printf (s, "  %s%s%s\n", path ? path : "?", why ? ": " : "", why ? why : "");
         }
     }
 

@@ -98,6 +98,7 @@ test_status_table (void)
       "\"files_failed\":1,\"bytes_downloaded\":1536,"
       "\"failed_files\":[{\"path\":\"/Docs/bad.bin\",\"error_type\":\"hash_mismatch\","
       "\"message\":\"content does not match quickXorHash\",\"attempts\":3}],"
+      "\"filtered_files\":[{\"path\":\"/Docs/huge.iso\",\"reason\":\"too_large\"}],"
       "\"sources\":[{\"path\":\"/Docs\",\"state\":\"completed\","
       "\"last_completed\":\"2026-12-03T10:03:05Z\"}]}");
   /* "now" is 10:05:05 UTC, two minutes after the end. */
@@ -107,6 +108,8 @@ test_status_table (void)
   g_autofree char *t = ctl_format_status (st, now);
   g_assert_nonnull (strstr (t, "State:     completed_with_errors, ended 2026-12-03 10:03:05 (2m00s ago), took 3m05s\n"));
   g_assert_nonnull (strstr (t, "Progress:  3/3 items (100%), 1.5 KiB downloaded, 1 failed\n"));
+  g_assert_nonnull (strstr (t, "Items:     2 downloaded, 1 failed\n"));
+  g_assert_nonnull (strstr (t, "Not mirrored (1):\n  /Docs/huge.iso: too_large\n"));
   g_assert_nonnull (strstr (t, "Failed files (1):\n  /Docs/bad.bin: hash_mismatch: content does not match quickXorHash (3 attempts)\n"));
   g_assert_nonnull (strstr (t, "Sources:\n  /Docs"));
   g_assert_nonnull (strstr (t, "completed, last synced 2026-12-03 10:03:05 (2m00s ago)"));
