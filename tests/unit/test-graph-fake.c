@@ -863,6 +863,20 @@ test_download_expired_url (Fixture *f, gconstpointer data)
   g_assert_cmpfloat (stat_number (f, "requests", "content"), ==, 2);
   close (fd);
 
+  /* a URL that really expires while a transfer is cut short: the retry finds it expired
+   * (403), asks /content for a fresh one and resumes with Range where the body stopped */
+  faults (f, "{\"clear\":true,\"download_url_ttl\":0.3,\"bandwidth_bps\":100000,"
+             "\"download_errors\":[{\"kind\":\"truncate\",\"after_bytes\":45000,\"count\":1}]}");
+  g_autoptr (cJSON) s0 = admin (f, "stats/reset", "{}");
+  fd = temp_fd (f);
+  g_assert_true (graph_client_download (f->client, NULL, a.id, a.hash, fd, NULL, NULL, NULL, NULL, &error));
+  g_assert_no_error (error);
+  g_assert_true (fd_matches (fd, a.hash));
+  g_assert_cmpfloat (stat_number (f, "requests", "content"), ==, 2);
+  g_assert_cmpfloat (stat_number (f, "statuses", "403"), ==, 1);
+  g_assert_cmpfloat (item_downloads (f, a.id, "ranged"), ==, 1);
+  close (fd);
+
   /* a 4xx twice in a row: fail after one fresh URL, do not loop */
   faults (f, "{\"clear\":true,\"errors\":[{\"status\":404,\"route\":\"download\",\"count\":2}]}");
   g_autoptr (cJSON) s1 = admin (f, "stats/reset", "{}");
@@ -1287,6 +1301,71 @@ test_no_secrets_in_logs (Fixture *f, gconstpointer data)
   added_clear (&a);
 }
 
+/* A one-shot raw HTTP listener: records the request head, answers with @reply. */
+typedef struct {
+  GSocketListener *listener;
+  guint16          port;
+  const char      *reply;
+  GString         *head;
+} RawServer;
+
+static gpointer
+raw_serve (gpointer data)
+{
+  RawServer *r = data;
+  g_autoptr (GSocketConnection) conn = g_socket_listener_accept (r->listener, NULL, NULL, NULL);
+  if (conn == NULL)
+    return NULL;
+  GInputStream *in = g_io_stream_get_input_stream (G_IO_STREAM (conn));
+  char buf[4096];
+  while (strstr (r->head->str, "\r\n\r\n") == NULL)
+    {
+      gssize n = g_input_stream_read (in, buf, sizeof buf, NULL, NULL);
+      if (n <= 0)
+        break;
+      g_string_append_len (r->head, buf, n);
+    }
+  g_output_stream_write_all (g_io_stream_get_output_stream (G_IO_STREAM (conn)), r->reply, strlen (r->reply),
+                             NULL, NULL, NULL);
+  g_io_stream_close (G_IO_STREAM (conn), NULL, NULL);
+  return NULL;
+}
+
+static void
+test_request_headers (Fixture *f, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  RawServer r = { .listener = g_socket_listener_new (), .head = g_string_new (NULL),
+                  .reply = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 13\r\n"
+                           "Connection: close\r\n\r\n{\"id\":\"RAW\"}\n" };
+  g_autoptr (GInetAddress) lo = g_inet_address_new_loopback (G_SOCKET_FAMILY_IPV4);
+  g_autoptr (GSocketAddress) addr = g_inet_socket_address_new (lo, 0);
+  g_autoptr (GSocketAddress) bound = NULL;
+  g_assert_true (g_socket_listener_add_address (r.listener, addr, G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP,
+                                                NULL, &bound, &error));
+  r.port = g_inet_socket_address_get_port (G_INET_SOCKET_ADDRESS (bound));
+  f->dir = g_dir_make_tmp ("odsf-graph-raw-XXXXXX", NULL);
+  f->token_file = g_build_filename (f->dir, "token.json", NULL);
+  g_assert_true (graph_auth_save (f->token_file, "refresh-raw", "access-raw", G_MAXINT32, &error));
+  g_autofree char *base = g_strdup_printf ("http://127.0.0.1:%u/v1.0", r.port);
+  GraphConfig config = { .graph_url = base, .login_url = base, .client_id = "odsf-test", .token_file = f->token_file };
+  g_autoptr (GraphClient) c = graph_client_new (&config, &error);
+  g_assert_no_error (error);
+  GThread *t = g_thread_new ("raw", raw_serve, &r);
+  g_autofree char *drive = graph_client_my_drive_id (c, NULL, &error);
+  g_thread_join (t);
+  g_assert_no_error (error);
+  g_assert_cmpstr (drive, ==, "RAW");
+  g_test_message ("request head:\n%s", r.head->str);
+  g_assert_true (g_str_has_prefix (r.head->str, "GET /v1.0/me/drive HTTP/1.1\r\n"));
+  g_assert_nonnull (strstr (r.head->str, "\r\nUser-Agent: onedrive-syncfs/" PACKAGE_VERSION "\r\n"));
+  g_assert_nonnull (strstr (r.head->str, "\r\nAuthorization: Bearer access-raw\r\n"));
+  g_assert_nonnull (strstr (r.head->str, "\r\nAccept: application/json\r\n"));
+  g_socket_listener_close (r.listener);
+  g_object_unref (r.listener);
+  g_string_free (r.head, TRUE);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -1318,6 +1397,7 @@ main (int argc, char **argv)
   ADD ("transport/stall-timeout", test_stall_timeout);
   ADD ("transport/tls-verify", test_tls);
   ADD ("transport/no-secrets-in-logs", test_no_secrets_in_logs);
+  ADD ("transport/request-headers", test_request_headers);
   ADD ("retry/cancel-behind-gate", test_gate_cancel);
   return g_test_run ();
 }

@@ -305,7 +305,7 @@ void  fake_stats_status (FakeStats *stats, guint status);
 void  fake_stats_window (FakeStats *stats, int retry_after);
 /* A download of @item started (ranged or not), or @n body bytes of it went out. */
 void  fake_stats_download (FakeStats *stats, FakeItem *item, gboolean ranged);
-void  fake_stats_bytes (FakeStats *stats, FakeItem *item, guint64 n);
+void  fake_stats_bytes (FakeStats *stats, FakeItem *item, gint64 n);
 /* Bumps one of the plain counters below under the lock. */
 void  fake_stats_add (FakeStats *stats, gint64 *counter, gint64 n);
 cJSON *fake_stats_to_json (FakeStats *stats, FakeDrive *drive);
@@ -330,7 +330,7 @@ typedef struct {
   GString  *body;
   FakeRoute route;
   gboolean  counted;          /* bytes are counted by the content callback */
-  guint64   planned_bytes;    /* from_fd bodies: counted on completion */
+  guint64   planned_bytes;    /* sendfile bodies: counted when queued, taken back if they fail */
   FakeItem *item;             /* download target, for per-item byte counts */
 } FakeRequest;
 

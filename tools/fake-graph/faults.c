@@ -553,12 +553,12 @@ fake_stats_download (FakeStats *s, FakeItem *item, gboolean ranged)
 }
 
 void
-fake_stats_bytes (FakeStats *s, FakeItem *item, guint64 n)
+fake_stats_bytes (FakeStats *s, FakeItem *item, gint64 n)
 {
   g_autoptr(GMutexLocker) locker = g_mutex_locker_new (&s->lock);
-  s->bytes_served += (gint64) n;
+  s->bytes_served += n;
   if (item)
-    item->bytes_served += (gint64) n;
+    item->bytes_served += n;
 }
 
 void

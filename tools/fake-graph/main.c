@@ -48,8 +48,8 @@ request_completed (void *cls, struct MHD_Connection *conn, void **con_cls,
   FakeRequest *req = *con_cls;
   if (req == NULL)
     return;
-  if (!req->counted && req->planned_bytes && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)
-    fake_stats_bytes (&server->stats, req->item, req->planned_bytes);
+  if (req->planned_bytes && toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
+    fake_stats_bytes (&server->stats, req->item, -(gint64) req->planned_bytes);
   fake_request_free (req);
   *con_cls = NULL;
 }
