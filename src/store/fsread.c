@@ -257,8 +257,7 @@ static gboolean
 exclude_locked (Store *store, guint64 ino, GPtrArray *objects, GError **error)
 {
   StoreConn *w = store->writer;
-  if (!store_conn_exec (w, "CREATE TEMP TABLE IF NOT EXISTS excl (ino INTEGER PRIMARY KEY);"
-                           "DELETE FROM temp.excl;", error))
+  if (!store_conn_exec (w, "DELETE FROM temp.excl;", error))
     return FALSE;
   {
     g_autoptr (StoreStmt) st = store_conn_stmt (w, "SELECT state FROM items WHERE ino = ?1", error);

@@ -135,8 +135,10 @@ run_sql (StoreConn *w, const char *sql, gint64 source_id, const char *what, int 
     return FALSE;
   if (sqlite3_bind_parameter_count (st) >= 1)
     sqlite3_bind_int64 (st, 1, source_id);
+  gint64 t0 = g_get_monotonic_time ();
   if (!store_stmt_run (w, st, what, error))
     return FALSE;
+  g_debug ("commit step %s: %.3f ms", what, (g_get_monotonic_time () - t0) / 1000.0);
   if (changes)
     *changes = sqlite3_changes (w->db);
   return TRUE;
@@ -167,7 +169,7 @@ queue_mkdirs (StoreConn *w, gint64 source_id, guint *count, GError **error)
   g_autoptr (GArray) dirs = g_array_new (FALSE, FALSE, sizeof (Dir));
   {
     g_autoptr (StoreStmt) st = store_conn_stmt (w,
-        "SELECT ino, t_parent_ino FROM staged WHERE source_id = ?1 AND action = 4 AND keep = 0"
+        "SELECT ino, t_parent_ino FROM staged WHERE +source_id = ?1 AND action = 4 AND keep = 0"
         " AND ino NOT IN (SELECT ino FROM temp.doomed)", error);
     if (st == NULL)
       return FALSE;
@@ -229,9 +231,7 @@ commit_locked (Store *store, gint64 source_id, const char *delta_link, gboolean 
   if (drive == NULL)
     return FALSE;
 
-  if (!store_conn_exec (w, "CREATE TEMP TABLE IF NOT EXISTS doomed"
-                           " (ino INTEGER PRIMARY KEY, depth INTEGER NOT NULL);"
-                           "DELETE FROM temp.doomed;", error))
+  if (!store_conn_exec (w, "DELETE FROM temp.doomed;", error))
     return FALSE;
 
   /* 1. An inode for every item never seen. */
@@ -239,14 +239,14 @@ commit_locked (Store *store, gint64 source_id, const char *delta_link, gboolean 
         " r_size, r_mtime, r_etag, r_ctag, r_qxh, r_name_problem)"
         " SELECT s.drive_id, s.item_id, ?1, s.kind, 0, s.parent_id, coalesce(s.name, ''),"
         "  max(s.size, 0), s.mtime, s.etag, s.ctag, s.qxh, s.name_problem"
-        " FROM staged s WHERE s.source_id = ?1 AND s.deleted = 0 AND NOT EXISTS"
+        " FROM staged s WHERE +s.source_id = ?1 AND s.deleted = 0 AND NOT EXISTS"
         "  (SELECT 1 FROM items i WHERE i.drive_id = s.drive_id AND i.item_id = s.item_id)"
         " ORDER BY s.seq", "new items");
-  STEP ("UPDATE staged SET ino = i.ino FROM items i WHERE staged.source_id = ?1"
+  STEP ("UPDATE staged SET ino = i.ino FROM items i WHERE +staged.source_id = ?1"
         " AND i.drive_id = staged.drive_id AND i.item_id = staged.item_id", "match items");
 
   /* 2. The mount parent, from the parentReference.id chain. */
-  STEP ("UPDATE staged SET t_parent_ino = p.ino FROM items p WHERE staged.source_id = ?1"
+  STEP ("UPDATE staged SET t_parent_ino = p.ino FROM items p WHERE +staged.source_id = ?1"
         " AND staged.parent_id IS NOT NULL AND p.drive_id = staged.drive_id"
         " AND p.item_id = staged.parent_id", "parents");
 
@@ -266,9 +266,9 @@ commit_locked (Store *store, gint64 source_id, const char *delta_link, gboolean 
         "  WHEN i.name IS NOT coalesce(staged.name, '') OR i.parent_ino IS NOT staged.t_parent_ino"
         "    THEN CASE WHEN i.kind = 1 THEN 4 ELSE 2 END"
         "  ELSE NULL END"
-        " FROM items i WHERE staged.source_id = ?1 AND i.ino = staged.ino", "actions");
+        " FROM items i WHERE +staged.source_id = ?1 AND i.ino = staged.ino", "actions");
   /* Queued work that still aims at the same bytes keeps its id, attempts and backoff. */
-  STEP ("UPDATE staged SET keep = 1 FROM items i, work w WHERE staged.source_id = ?1"
+  STEP ("UPDATE staged SET keep = 1 FROM items i, work w WHERE +staged.source_id = ?1"
         " AND staged.action IS NOT NULL AND i.ino = staged.ino AND w.ino = staged.ino"
         " AND w.action = staged.action AND (staged.action NOT IN (0, 1)"
         "  OR (i.r_qxh IS staged.qxh AND i.r_ctag IS staged.ctag AND i.r_size = max(staged.size, 0)))",
@@ -282,11 +282,11 @@ commit_locked (Store *store, gint64 source_id, const char *delta_link, gboolean 
         " r_size = max(s.size, 0), r_mtime = s.mtime, r_etag = s.etag, r_ctag = s.ctag,"
         " r_qxh = s.qxh,"
         " r_name_problem = CASE WHEN items.anchored THEN NULL ELSE s.name_problem END"
-        " FROM staged s WHERE s.source_id = ?1 AND s.deleted = 0 AND items.ino = s.ino",
+        " FROM staged s WHERE +s.source_id = ?1 AND s.deleted = 0 AND items.ino = s.ino",
         "targets");
   /* Same bytes, same place: only mtime / tags to refresh; no bytes involved, so no work. */
   STEP ("UPDATE items SET mtime = r_mtime, etag = r_etag, ctag = r_ctag FROM staged s"
-        " WHERE s.source_id = ?1 AND s.ino = items.ino AND s.action IS NULL AND s.deleted = 0"
+        " WHERE +s.source_id = ?1 AND s.ino = items.ino AND s.action IS NULL AND s.deleted = 0"
         " AND items.state = 1 AND items.anchored = 0", "refresh");
 
   /* Exclusions: new items below an excluded folder are recorded as excluded, not queued. */
@@ -303,28 +303,28 @@ commit_locked (Store *store, gint64 source_id, const char *delta_link, gboolean 
         int changes = 0;
         if (!run_sql (w, "UPDATE items SET state = 2 WHERE state IN (0, 3)"
                          " AND t_parent_ino IN (SELECT ino FROM items WHERE state = 2)"
-                         " AND ino IN (SELECT ino FROM staged WHERE source_id = ?1)",
+                         " AND ino IN (SELECT ino FROM staged WHERE +source_id = ?1)",
                       source_id, "exclusions", &changes, error))
           return FALSE;
         if (changes == 0)
           break;
       }
     if (excluded)
-      STEP ("UPDATE staged SET action = NULL, keep = 0 WHERE source_id = ?1 AND deleted = 0"
+      STEP ("UPDATE staged SET action = NULL, keep = 0 WHERE +source_id = ?1 AND deleted = 0"
             " AND action IS NOT NULL AND ino IN (SELECT ino FROM items WHERE state = 2)",
             "excluded actions");
   }
 
   /* Work that no longer applies (the item is back to what the mount shows). */
-  STEP ("DELETE FROM work WHERE ino IN (SELECT ino FROM staged WHERE source_id = ?1"
+  STEP ("DELETE FROM work WHERE ino IN (SELECT ino FROM staged WHERE +source_id = ?1"
         " AND ino IS NOT NULL AND action IS NULL)", "obsolete work");
 
   /* 4a. Deletes: tombstones, a reconcile's leftovers, and what they contain. */
   STEP ("INSERT OR IGNORE INTO temp.doomed (ino, depth) SELECT ino, 0 FROM staged"
-        " WHERE source_id = ?1 AND deleted = 1 AND ino IS NOT NULL", "tombstones");
+        " WHERE +source_id = ?1 AND deleted = 1 AND ino IS NOT NULL", "tombstones");
   if (reconcile)
     STEP ("INSERT OR IGNORE INTO temp.doomed (ino, depth) SELECT i.ino, 0 FROM items i"
-          " WHERE i.source_id = ?1 AND i.anchored = 0 AND NOT EXISTS (SELECT 1 FROM staged s"
+          " WHERE +i.source_id = ?1 AND i.anchored = 0 AND NOT EXISTS (SELECT 1 FROM staged s"
           "  WHERE s.source_id = ?1 AND s.drive_id = i.drive_id AND s.item_id = i.item_id"
           "  AND s.deleted = 0)", "reconcile");
   STEP ("INSERT OR REPLACE INTO temp.doomed (ino, depth)"
@@ -361,7 +361,7 @@ commit_locked (Store *store, gint64 source_id, const char *delta_link, gboolean 
   if (!queue_mkdirs (w, source_id, &mkdirs, error))
     return FALSE;
   STEP ("INSERT OR REPLACE INTO work (ino, source_id, action)"
-        " SELECT ino, ?1, action FROM staged WHERE source_id = ?1 AND action IN (0, 1, 2)"
+        " SELECT ino, ?1, action FROM staged WHERE +source_id = ?1 AND action IN (0, 1, 2)"
         " AND keep = 0 AND ino NOT IN (SELECT ino FROM temp.doomed)"
         " ORDER BY CASE action WHEN 2 THEN 0 WHEN 1 THEN 1 ELSE 2 END, seq", "queue work");
 
@@ -370,7 +370,7 @@ commit_locked (Store *store, gint64 source_id, const char *delta_link, gboolean 
       memset (stats, 0, sizeof *stats);
       stats->queued_deletes = deletes;
       g_autoptr (StoreStmt) st = store_conn_stmt (w,
-          "SELECT action, count(*) FROM staged WHERE source_id = ?1"
+          "SELECT action, count(*) FROM staged WHERE +source_id = ?1"
           " AND (ino IS NULL OR ino NOT IN (SELECT ino FROM temp.doomed)) GROUP BY action", error);
       if (st == NULL)
         return FALSE;
@@ -403,7 +403,7 @@ commit_locked (Store *store, gint64 source_id, const char *delta_link, gboolean 
     if (!store_stmt_run (w, st, "cursor", error))
       return FALSE;
   }
-  STEP ("DELETE FROM staged WHERE source_id = ?1", "clear staging");
+  STEP ("DELETE FROM staged WHERE +source_id = ?1", "clear staging");
   if (!store_conn_exec (w, "DELETE FROM temp.doomed", error))
     return FALSE;
   return TRUE;

@@ -93,32 +93,8 @@ static const char *const migrations[] = {
   "CREATE UNIQUE INDEX items_remote ON items (drive_id, item_id);"
   "CREATE INDEX items_dir ON items (parent_ino, name);"
   "CREATE INDEX items_tree ON items (t_parent_ino);"
-  "CREATE INDEX items_source ON items (source_id);"
   /* A cache object is stale only when no item references it (the engine may share one). */
   "CREATE INDEX items_cache ON items (cache_object) WHERE cache_object IS NOT NULL;"
-  /* A delta set while it is paged; last occurrence wins (INSERT OR REPLACE gives it a new seq). */
-  "CREATE TABLE staged ("
-  "  seq            INTEGER PRIMARY KEY,"
-  "  source_id      INTEGER NOT NULL REFERENCES sources (id) ON DELETE CASCADE,"
-  "  drive_id       TEXT NOT NULL COLLATE NOCASE,"
-  "  item_id        TEXT NOT NULL,"
-  "  parent_id      TEXT,"
-  "  name           TEXT,"
-  "  kind           INTEGER NOT NULL,"
-  "  deleted        INTEGER NOT NULL,"
-  "  is_root        INTEGER NOT NULL,"
-  "  size           INTEGER NOT NULL,"
-  "  mtime          INTEGER NOT NULL,"
-  "  etag           TEXT,"
-  "  ctag           TEXT,"
-  "  qxh            TEXT,"
-  "  name_problem   TEXT,"
-  "  ino            INTEGER,"                   /* computed at commit */
-  "  t_parent_ino   INTEGER,"
-  "  action         INTEGER,"
-  "  keep           INTEGER NOT NULL DEFAULT 0"
-  ");"
-  "CREATE UNIQUE INDEX staged_item ON staged (source_id, drive_id, item_id);"
   /* The queue. UNIQUE(ino): an item is never queued twice, whatever sources overlap.
    * AUTOINCREMENT: a publish names its work by id, and an id is never reused. */
   "CREATE TABLE work ("
@@ -161,6 +137,36 @@ static const char *const migrations[] = {
 };
 
 #define STORE_SCHEMA_VERSION ((int) G_N_ELEMENTS (migrations))
+
+/* A delta set while it is paged, on the writer connection only. It is a TEMP table on
+ * purpose: a set interrupted by a crash is re-read from the old cursor anyway, so staging
+ * needs no durability, and keeping it out of the WAL makes paging cheap. Last occurrence
+ * wins: INSERT OR REPLACE on the item key gives the newer occurrence a new seq. */
+static const char staging_ddl[] =
+  "CREATE TEMP TABLE staged ("
+  "  seq            INTEGER PRIMARY KEY,"
+  "  source_id      INTEGER NOT NULL,"
+  "  drive_id       TEXT NOT NULL COLLATE NOCASE,"
+  "  item_id        TEXT NOT NULL,"
+  "  parent_id      TEXT,"
+  "  name           TEXT,"
+  "  kind           INTEGER NOT NULL,"
+  "  deleted        INTEGER NOT NULL,"
+  "  is_root        INTEGER NOT NULL,"
+  "  size           INTEGER NOT NULL,"
+  "  mtime          INTEGER NOT NULL,"
+  "  etag           TEXT,"
+  "  ctag           TEXT,"
+  "  qxh            TEXT,"
+  "  name_problem   TEXT,"
+  "  ino            INTEGER,"                   /* computed at commit */
+  "  t_parent_ino   INTEGER,"
+  "  action         INTEGER,"
+  "  keep           INTEGER NOT NULL DEFAULT 0"
+  ");"
+  "CREATE UNIQUE INDEX temp.staged_item ON staged (source_id, drive_id, item_id);"
+  "CREATE TEMP TABLE doomed (ino INTEGER PRIMARY KEY, depth INTEGER NOT NULL);"
+  "CREATE TEMP TABLE excl (ino INTEGER PRIMARY KEY);";
 
 /* ---- errors and statements ------------------------------------------------------------- */
 
@@ -329,7 +335,8 @@ static gboolean
 conn_configure (StoreConn *conn, GError **error)
 {
   sqlite3_busy_timeout (conn->db, STORE_BUSY_TIMEOUT_MS);
-  return store_conn_exec (conn, "PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;", error);
+  return store_conn_exec (conn, "PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;"
+                                "PRAGMA cache_size = -16384; PRAGMA mmap_size = 268435456;", error);
 }
 
 static StoreConn *
@@ -580,10 +587,11 @@ store_open (const char *path, GError **error)
   }
   if (!conn_configure (store->writer, error))
     return NULL;
-  /* The writer's temp tables (commit scratch space) stay in memory. */
-  if (!store_conn_exec (store->writer, "PRAGMA temp_store = MEMORY", error))
-    return NULL;
   if (!migrate (store, error))
+    return NULL;
+  /* Scratch space (staging, commit): cached in memory, spilling to a temp file when large. */
+  if (!store_conn_exec (store->writer, "PRAGMA temp.cache_size = -65536", error) ||
+      !store_conn_exec (store->writer, staging_ddl, error))
     return NULL;
   if (!mark_interrupted_runs (store, error))
     return NULL;
