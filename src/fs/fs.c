@@ -717,6 +717,12 @@ fs_opendir (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
       g_auto (StoreEntry) self = { 0 };
       d->parent_ino = (d->is_root || !store_getattr (m->store, ino, &self, NULL))
                         ? FUSE_ROOT_ID : self.parent_ino;
+      /* The kernel may keep the listing: every change of a folder's children reaches us as
+       * a publish and the invalidation thread drops the parent's cached listing then (the
+       * root's also on every status change: new sources add synthetic folders to it without
+       * a publish). An rm or rmdir through the mount drops it in the kernel itself. */
+      fi->cache_readdir = 1;
+      fi->keep_cache = 1;
     }
   fi->fh = (uint64_t) (uintptr_t) d;
   fuse_reply_open (req, fi);
@@ -1421,6 +1427,9 @@ invalidate_published (FsMount *m, const Note *note)
         }
       check_notify (fuse_lowlevel_notify_inval_entry (m->se, parent, name, strlen (name)),
                     "inval_entry");
+      /* The parent's cached listing (cache_readdir) and attributes. The control directory
+       * is never cached, but its attributes are. */
+      check_notify (fuse_lowlevel_notify_inval_inode (m->se, parent, 0, 0), "inval_inode parent");
     }
   if (note->ino != 0)
     {
@@ -1438,6 +1447,7 @@ wake_status_pollers (FsMount *m)
 {
   g_autoptr (GPtrArray) phs = g_ptr_array_new ();
   g_atomic_int_set (&m->status_note_queued, 0);
+  check_notify (fuse_lowlevel_notify_inval_inode (m->se, FUSE_ROOT_ID, 0, 0), "inval_inode root");
   g_mutex_lock (&m->lock);
   for (guint i = 0; i < m->status_handles->len; i++)
     {

@@ -37,7 +37,7 @@ graph_token_file_path (const char *profile)
 gboolean
 graph_client_has_token (GraphClient *client)
 {
-  g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&client->token_lock);
+  G_GNUC_UNUSED g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&client->token_lock);
   return client->refresh_token != NULL;
 }
 
@@ -96,7 +96,7 @@ graph_auth_load (GraphClient *client, GError **error)
     {
       close (fd);
       g_set_error (error, GRAPH_ERROR, GRAPH_ERROR_AUTH,
-                   "The token file %s belongs to another user (uid %u); log in again as yourself",
+                   "The token file %s belongs to another user (uid %u); log in again as yourself (onedrive-syncctl login)",
                    path, (guint) st.st_uid);
       return FALSE;
     }
@@ -124,13 +124,13 @@ graph_auth_load (GraphClient *client, GError **error)
   if (rt == NULL)
     {
       g_set_error (error, GRAPH_ERROR, GRAPH_ERROR_AUTH,
-                   "The token file %s holds no usable refresh_token; log in again", path);
+                   "The token file %s holds no usable refresh_token; log in again (onedrive-syncctl login)", path);
       return FALSE;
     }
   const char *at = token_string (root, "access_token");
   const cJSON *exp = cJSON_GetObjectItemCaseSensitive (root, "expires_at");
 
-  g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&client->token_lock);
+  G_GNUC_UNUSED g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&client->token_lock);
   clear_secret (&client->refresh_token);
   clear_secret (&client->access_token);
   client->refresh_token = g_strdup (rt);
@@ -344,7 +344,7 @@ accept_tokens (GraphClient *client, const cJSON *root, const char *what, GError 
 gboolean
 graph_auth_refresh (GraphClient *client, guint64 failed_generation, GCancellable *cancel, GError **error)
 {
-  g_autoptr (GMutexLocker) refresh = g_mutex_locker_new (&client->refresh_lock);
+  G_GNUC_UNUSED g_autoptr (GMutexLocker) refresh = g_mutex_locker_new (&client->refresh_lock);
 
   g_mutex_lock (&client->token_lock);
   gint64 now = g_get_real_time () / G_USEC_PER_SEC;
@@ -357,7 +357,7 @@ graph_auth_refresh (GraphClient *client, guint64 failed_generation, GCancellable
   if (rt == NULL)
     {
       g_set_error (error, GRAPH_ERROR, GRAPH_ERROR_AUTH,
-                   "Not logged in to OneDrive (no token in %s): log in first",
+                   "Not logged in to OneDrive (no token in %s): log in first (onedrive-syncctl login)",
                    client->token_file != NULL ? client->token_file : "memory");
       return FALSE;
     }
@@ -381,7 +381,7 @@ graph_auth_refresh (GraphClient *client, guint64 failed_generation, GCancellable
           || graph_error_has_code (local, "invalid_client") || graph_error_has_code (local, "unauthorized_client"))
         {
           g_set_error (error, GRAPH_ERROR, GRAPH_ERROR_AUTH,
-                       "The OneDrive sign-in is no longer valid (%s): log in again",
+                       "The OneDrive sign-in is no longer valid (%s): log in again (onedrive-syncctl login)",
                        graph_error_code (local, 0));
           GraphErrorPrivate *p = graph_error_private (*error), *lp = graph_error_private (local);
           p->status = lp->status;
@@ -414,7 +414,7 @@ graph_auth_access_token (GraphClient *client, guint64 *generation, GCancellable 
       if (i == 0 && !graph_auth_refresh (client, *generation, cancel, error))
         return NULL;
     }
-  g_set_error (error, GRAPH_ERROR, GRAPH_ERROR_AUTH, "No valid access token after a refresh: log in again");
+  g_set_error (error, GRAPH_ERROR, GRAPH_ERROR_AUTH, "No valid access token after a refresh: log in again (onedrive-syncctl login)");
   return NULL;
 }
 
@@ -498,7 +498,7 @@ graph_client_login_device_code (GraphClient *client, GraphDeviceCodeFunc show, g
       g_free (poll);
       if (ok)
         {
-          g_autoptr (GMutexLocker) refresh = g_mutex_locker_new (&client->refresh_lock);
+          G_GNUC_UNUSED g_autoptr (GMutexLocker) refresh = g_mutex_locker_new (&client->refresh_lock);
           return accept_tokens (client, root, "POST token (device code)", error);
         }
       const char *oauth = graph_error_code (local, 0);

@@ -22,8 +22,9 @@
  *
  * A download goes to tmp/<id>-<hash>.part (kept on cancel, so the next attempt resumes with
  * Range), is verified against quickXorHash by the Graph client, renamed into objects/ under a
- * fresh name, and published by store_work_publish() — only then is it visible. Every publish
- * and its change-feed line happen under `publish_lock`, so the feed is in commit order.
+ * fresh name, and published by store_work_publish_batch() — only then is it visible. Publishes
+ * are grouped into one transaction per batch, and the batch's change-feed lines are appended
+ * by the same thread right after its commit, so the feed is in commit order (see below).
  *
  * Lock order: engine->lock (run thread handle, notify, hooks) and publish_lock are never held
  * together with each other or across a call into the Graph client; the run-state, status,
@@ -78,7 +79,10 @@ struct _SyncEngine {
   SyncChanges   *changes;
 
   GRWLock        start_gate;      /* readers: tasks between check and start; writer: cancel */
-  GMutex         publish_lock;    /* orders store_work_publish + sync_changes_append */
+  GMutex         publish_lock;    /* the group commit: protects pub_pending, pub_leader */
+  GCond          pub_cond;
+  GPtrArray     *pub_pending;     /* PubReq*, waiting for a leader */
+  gboolean       pub_leader;      /* a thread is publishing a batch */
 
   GMutex         lock;
   GThread       *run_thread;      /* protected by lock */
@@ -327,42 +331,90 @@ record_filtered (Run *run, const StoreWork *work, const char *reason)
   emit (e, "file_filtered", f);
 }
 
-/* Publishes @work (with @object for content) and appends its change line, in commit order;
- * then unlinks the cache objects nothing references any more and notifies the filesystem. */
-static gboolean
-publish (Run *run, const StoreWork *work, const char *object, gboolean unverified, GError **error)
-{
-  SyncEngine *e = run->engine;
-  g_autoptr (GPtrArray) stale = NULL;
-  g_auto (StoreEntry) before = { 0 };
-  gboolean had_before = work->ino != 0 && store_getattr (e->store, work->ino, &before, NULL);
+/* ---- publishing: group commit in commit order ------------------------------------------
+ *
+ * Workers publish concurrently, and the change feed must list changes in the order the store
+ * committed them. A lock around "publish + append" would give the order but make every file
+ * its own transaction, one after another. Instead the publishes are grouped: a worker queues
+ * its request; whoever finds no leader becomes it, takes every queued request, publishes them
+ * in ONE store transaction (store_work_publish_batch), appends their lines in that order, and
+ * hands the results back. Only the leader touches the store's publish path and the feed, so
+ * batch k's lines precede batch k+1's: commit order, with one commit per batch.
+ */
 
-  g_mutex_lock (&e->publish_lock);
-  gboolean ok = store_work_publish (e->store, work, object, &stale, error);
-  /* The store hands our own object back when a later commit superseded this work: nothing
-   * was published (the newer work will be), so there is no change to record. */
-  gboolean superseded = FALSE;
-  for (guint i = 0; ok && object && stale && i < stale->len; i++)
-    superseded |= strcmp (object, stale->pdata[i]) == 0;
-  gboolean is_folder = work->item && work->item->kind == GRAPH_ITEM_FOLDER;
-  /* A folder that appears is no news for an indexer (its files are); one renamed, moved or
-   * deleted is, since every path below it changed. */
-  gboolean news = !(is_folder && work->action == STORE_ACTION_MKDIR && !work->old_path);
-  if (ok && !superseded && news)
+typedef struct {
+  const StoreWork *work;
+  const char      *object;
+  gboolean         ok;
+  gboolean         superseded;
+  GError          *error;
+  gboolean         done;
+} PubReq;
+
+static gboolean
+is_folder_work (const StoreWork *work)
+{
+  return work->item && work->item->kind == GRAPH_ITEM_FOLDER;
+}
+
+/* A folder that appears is no news for an indexer (its files are); one renamed, moved or
+ * deleted is, since every path below it changed. */
+static gboolean
+is_news (const StoreWork *work)
+{
+  return !(is_folder_work (work) && work->action == STORE_ACTION_MKDIR && !work->old_path);
+}
+
+/* Leader only: one transaction for @batch, then the feed lines and stale objects. */
+static void
+publish_batch_as_leader (SyncEngine *e, GPtrArray *batch)
+{
+  guint n = batch->len;
+  g_autofree StoreWork **works = g_new (StoreWork *, n);
+  g_autofree const char **objects = g_new (const char *, n);
+  for (guint i = 0; i < n; i++)
     {
-      g_autoptr (GError) local = NULL;
+      PubReq *r = batch->pdata[i];
+      works[i] = (StoreWork *) r->work;
+      objects[i] = r->object;
+    }
+  g_autoptr (GPtrArray) stale = NULL;
+  g_autoptr (GPtrArray) errors = NULL;
+  g_autoptr (GError) first = NULL;
+  store_work_publish_batch (e->store, works, objects, n, &stale, &errors, &first);
+
+  for (guint i = 0; i < n; i++)
+    {
+      PubReq *r = batch->pdata[i];
+      GError *err = errors && i < errors->len ? errors->pdata[i] : NULL;
+      if (err)
+        {
+          r->error = g_steal_pointer (&errors->pdata[i]);
+          continue;
+        }
+      if (!errors && first)
+        {
+          r->error = g_error_copy (first);
+          continue;
+        }
+      r->ok = TRUE;
+      /* The store hands our own object back when a later commit superseded this work:
+       * nothing was published (the newer work will be), so there is no change to record. */
+      for (guint k = 0; r->object && stale && k < stale->len; k++)
+        r->superseded |= strcmp (r->object, stale->pdata[k]) == 0;
+      if (r->superseded || !is_news (r->work))
+        continue;
+      const StoreWork *work = r->work;
       const GraphItem *it = work->item;
-      const char *action = action_word (work);
+      gboolean folder = is_folder_work (work);
       gboolean with_old = work->action == STORE_ACTION_MOVE || work->action == STORE_ACTION_DELETE
                           || (work->action == STORE_ACTION_MKDIR && work->old_path);
-      if (!sync_changes_append (e->changes, action, work->path, with_old ? work->old_path : NULL,
-                                it ? it->id : NULL, is_folder ? -1 : it ? it->size : -1,
-                                is_folder ? NULL : it ? it->quickxor_hash : NULL, is_folder, NULL, &local))
+      g_autoptr (GError) local = NULL;
+      if (!sync_changes_append (e->changes, action_word (work), work->path, with_old ? work->old_path : NULL,
+                                it ? it->id : NULL, folder ? -1 : it ? it->size : -1,
+                                folder ? NULL : it ? it->quickxor_hash : NULL, folder, NULL, &local))
         g_warning ("change feed: %s", local->message);
     }
-  g_mutex_unlock (&e->publish_lock);
-  if (!ok)
-    return FALSE;
 
   for (guint i = 0; stale && i < stale->len; i++)
     {
@@ -370,14 +422,68 @@ publish (Run *run, const StoreWork *work, const char *object, gboolean unverifie
       if (g_unlink (p) != 0 && errno != ENOENT)
         g_warning ("unlink(%s): %s", p, g_strerror (errno));
     }
+}
 
-  if (superseded)
+static void
+publish_commit (SyncEngine *e, PubReq *req)
+{
+  g_mutex_lock (&e->publish_lock);
+  g_ptr_array_add (e->pub_pending, req);
+  while (!req->done)
+    {
+      if (e->pub_leader)
+        {
+          g_cond_wait (&e->pub_cond, &e->publish_lock);
+          continue;
+        }
+      e->pub_leader = TRUE;
+      GPtrArray *batch = e->pub_pending;
+      e->pub_pending = g_ptr_array_new ();
+      g_mutex_unlock (&e->publish_lock);
+
+      publish_batch_as_leader (e, batch);
+
+      g_mutex_lock (&e->publish_lock);
+      for (guint i = 0; i < batch->len; i++)
+        ((PubReq *) batch->pdata[i])->done = TRUE;
+      g_ptr_array_free (batch, TRUE);
+      e->pub_leader = FALSE;
+      g_cond_broadcast (&e->pub_cond);
+    }
+  g_mutex_unlock (&e->publish_lock);
+}
+
+/* Publishes @work (with @object for content) through the group commit; then counts it,
+ * emits its event and notifies the filesystem. */
+static gboolean
+publish (Run *run, const StoreWork *work, const char *object, gboolean unverified, GError **error)
+{
+  SyncEngine *e = run->engine;
+  gboolean notify;
+  g_mutex_lock (&e->lock);
+  notify = e->notify != NULL;
+  g_mutex_unlock (&e->lock);
+
+  /* Where it was, for the filesystem to forget (only what was published can be somewhere). */
+  g_auto (StoreEntry) before = { 0 };
+  gboolean had_before = notify && work->ino != 0 && work->action != STORE_ACTION_DOWNLOAD
+                        && store_getattr (e->store, work->ino, &before, NULL);
+
+  PubReq req = { .work = work, .object = object };
+  publish_commit (e, &req);
+  if (!req.ok)
+    {
+      g_propagate_error (error, req.error ? req.error : g_error_new_literal (SYNC_ERROR, SYNC_ERROR_FAILED, "publish failed"));
+      return FALSE;
+    }
+  if (req.superseded)
     {
       g_debug ("%s: superseded by a newer change; not published", work->path);
       sync_status_file_abandoned (e->status, work->path);
       return TRUE;
     }
 
+  gboolean is_folder = is_folder_work (work);
   guint64 bytes = 0;
   if ((work->action == STORE_ACTION_DOWNLOAD || work->action == STORE_ACTION_UPDATE) && work->item && work->item->size > 0)
     bytes = (guint64) work->item->size;
@@ -386,7 +492,7 @@ publish (Run *run, const StoreWork *work, const char *object, gboolean unverifie
   else
     sync_status_file_done (e->status, work->path, outcome_for (work), bytes, unverified);
 
-  if (news)
+  if (is_news (work))
     {
       cJSON *f = fields_path (work->path);
       cJSON_AddStringToObject (f, "action", action_word (work));
@@ -403,7 +509,7 @@ publish (Run *run, const StoreWork *work, const char *object, gboolean unverifie
   if (had_before)
     engine_notify (e, SYNC_NOTIFY_PUBLISHED, before.ino, before.parent_ino, before.name);
   g_auto (StoreEntry) after = { 0 };
-  if (work->action != STORE_ACTION_DELETE && work->ino != 0 && store_getattr (e->store, work->ino, &after, NULL))
+  if (notify && work->action != STORE_ACTION_DELETE && work->ino != 0 && store_getattr (e->store, work->ino, &after, NULL))
     engine_notify (e, SYNC_NOTIFY_PUBLISHED, after.ino, after.parent_ino, after.name);
   emit_progress (e, FALSE);
   return TRUE;
@@ -1176,6 +1282,8 @@ sync_engine_new (const SyncConfig *config, Store *store, GraphClient *client, GE
   e->events = sync_events_new (0);
   g_rw_lock_init (&e->start_gate);
   g_mutex_init (&e->publish_lock);
+  g_cond_init (&e->pub_cond);
+  e->pub_pending = g_ptr_array_new ();
   g_mutex_init (&e->lock);
   g_mutex_init (&e->timer_lock);
   g_cond_init (&e->timer_cond);
@@ -1279,6 +1387,8 @@ sync_engine_free (SyncEngine *e)
   g_free (e->tmp_dir);
   g_rw_lock_clear (&e->start_gate);
   g_mutex_clear (&e->publish_lock);
+  g_cond_clear (&e->pub_cond);
+  g_ptr_array_unref (e->pub_pending);
   g_mutex_clear (&e->lock);
   g_mutex_clear (&e->timer_lock);
   g_cond_clear (&e->timer_cond);

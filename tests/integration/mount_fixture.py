@@ -58,8 +58,9 @@ def is_mount(path):
 
 
 class FakeGraph:
-    """The fake server serving `drive_dir` (files become items; folders folders). It starts on
-    first use, so a test fills drive_dir first; later changes go through the admin API."""
+    """The fake server serving `drive_dir` (files become items; folders folders), or with
+    drive_dir None whatever `args` say (--synthetic N,SIZE,FOLDERS). It starts on first use,
+    so a test fills drive_dir first; later changes go through the admin API."""
 
     def __init__(self, workdir: pathlib.Path, drive_dir: pathlib.Path, args=()):
         self.workdir = workdir
@@ -80,8 +81,8 @@ class FakeGraph:
         self.log_path = self.workdir / "fake-graph.log"
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            [str(FAKE_GRAPH), "--data", str(self.drive_dir), "--access-token", TOKEN, "--die-with-parent",
-             *self.args],
+            [str(FAKE_GRAPH), *(["--data", str(self.drive_dir)] if self.drive_dir is not None else []),
+             "--access-token", TOKEN, "--die-with-parent", *self.args],
             stdout=subprocess.PIPE, stderr=self._log, text=True)
         line = self.proc.stdout.readline()
         if not line:
@@ -154,10 +155,10 @@ def write_token(path: pathlib.Path):
 class Mount:
     """The daemon in the foreground, mounted at workdir/mnt."""
 
-    def __init__(self, workdir: pathlib.Path, fake: FakeGraph, options=(), allowed_warnings=()):
+    def __init__(self, workdir: pathlib.Path, fake: FakeGraph, options=(), allowed_warnings=(), mnt=None):
         self.workdir = workdir
         self.fake = fake
-        self.mnt = workdir / "mnt"
+        self.mnt = pathlib.Path(mnt) if mnt is not None else workdir / "mnt"
         self.cache = workdir / "cache"
         self.config_home = workdir / "config"
         self.token_file = self.config_home / "onedrive-syncfs" / "default" / "token.json"

@@ -278,3 +278,95 @@ def test_other_user_with_allow_other(tmp_path):
             mount.kill()
         fake.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def unit_exec_start(daemon, profile, mountpoint, options=""):
+    """The unit template's ExecStart with systemd's substitutions done by hand: %i, $OPTIONS
+    (split into words) and ${MOUNTPOINT}."""
+    import shlex
+    from ctl_helpers import SOURCE
+    unit = (SOURCE / "data" / "systemd" / "onedrive-syncfs@.service.in").read_text()
+    line = next(l for l in unit.splitlines() if l.startswith("ExecStart="))[len("ExecStart="):]
+    line = line.replace("@bindir@/onedrive-syncfs", shlex.quote(str(daemon)))
+    line = line.replace("%i", profile).replace("${MOUNTPOINT}", shlex.quote(str(mountpoint)))
+    line = line.replace("$OPTIONS", options)
+    return shlex.split(line)
+
+
+def test_unit_command_line_stops_cleanly_on_sigterm(tmp_path):
+    """What systemd runs for onedrive-syncfs@default, stopped the way systemd stops it (SIGTERM)
+    in the middle of a sync: exit 0, unmounted, and the next mount starts clean."""
+    from ctl_helpers import is_mounted, force_unmount
+    fake = FakeGraph(tmp_path, "--device-interval", "1", synthetic=f"{FILES},{SIZE},3")
+    mnt = tmp_path / "OneDrive-default"
+    mnt.mkdir()
+    proc = None
+    try:
+        env = isolated_env(tmp_path)
+        write_profile(env, fake)
+        assert login(env, fake).returncode == EXIT_OK
+        argv = unit_exec_start(DAEMON, "default", mnt, "-o sync_on_mount")
+        assert argv[1:4] == ["-f", "-o", "profile=default"], argv
+        throttle(fake, 4096)
+        log = open(tmp_path / "unit.log", "w+")
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        wait_until(lambda: is_mounted(mnt) or proc.poll() is not None, timeout=20, what="the mount")
+        assert proc.poll() is None, open(tmp_path / "unit.log").read()
+        wait_state(mnt, lambda s: s["state"] == "syncing", "the sync_on_mount run")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, open(tmp_path / "unit.log").read()
+        assert not is_mounted(mnt)
+        proc = None
+        throttle(fake, 0)
+        # Restarted (as Restart= would after a crash, or the next login): the run resumes.
+        m = Daemon(tmp_path, env, mnt, "profile=default")
+        try:
+            r = run_ctl("start", mnt, "--wait", env=env, timeout=120)
+            assert r.returncode == EXIT_OK, r.stdout + r.stderr
+            assert status(mnt)["state"] == "completed"
+            m.stop()
+        except BaseException:
+            m.kill()
+            raise
+    finally:
+        if proc is not None:
+            force_unmount(mnt)
+            proc.kill()
+            proc.wait()
+        fake.stop()
+
+
+def test_follow_ends_when_daemon_stops(world):
+    """A clean stop (SIGTERM, as systemd does) gives blocked event readers end-of-file: follow
+    exits 0 on its own and does not keep the mount busy."""
+    fake, env, m = world
+    p = subprocess.Popen([str(SYNCCTL), "follow", str(m.mountpoint)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        wait_until(lambda: any(os.path.basename(os.readlink(f"/proc/{p.pid}/fd/{fd}")) == "events"
+                               for fd in os.listdir(f"/proc/{p.pid}/fd")
+                               if os.path.islink(f"/proc/{p.pid}/fd/{fd}")),
+                   what="follow to open .sync/events")
+        m.proc.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=30)
+        assert m.proc.wait(timeout=30) == 0, m.output()
+    finally:
+        p.kill()
+    assert p.returncode == EXIT_OK, err
+    m.kill()                   # nothing left to unmount; never twice through stop()
+    m.stop = lambda: None
+
+
+def test_dead_mount_is_explained(world):
+    """After a SIGKILL the kernel keeps a dead mount: the tool says so and how to clear it."""
+    fake, env, m = world
+    m.proc.kill()
+    m.proc.wait()
+    try:
+        for args in (("status",), ("start", "--wait"), ("follow",)):
+            r = run_ctl(args[0], m.mountpoint, *args[1:], env=env)
+            assert r.returncode == 1, (args, r)
+            assert "the daemon is gone" in r.stderr and "fusermount3 -u" in r.stderr, r.stderr
+    finally:
+        m.kill()
+    m.stop = lambda: None

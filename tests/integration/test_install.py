@@ -88,6 +88,7 @@ def test_unit_points_at_installed_daemon(installed):
     bindir = pathlib.Path(opts["prefix"]) / opts["bindir"]
     assert f"ExecStart={bindir}/onedrive-syncfs -f -o profile=%i " in unit
     assert "Restart=on-failure" in unit and "KillSignal=SIGTERM" in unit
+    assert "RestartPreventExitStatus=2 3 6" in unit
     assert "@bindir@" not in unit
     analyze = shutil.which("systemd-analyze")
     if analyze:

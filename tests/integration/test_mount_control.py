@@ -4,10 +4,12 @@ snapshots, poll wake-ups, the event stream, the change feed, permissions."""
 import errno
 import json
 import os
+import pathlib
 import select
 import shutil
 import stat
 import subprocess
+import tempfile
 import threading
 
 import pytest
@@ -197,3 +199,35 @@ def test_control_file_modes(drive_dir, fake, mount):
                             f"echo > '{mount.sync}/start'"], capture_output=True, text=True)
         assert r.returncode != 0   # without allow_other the mount is not even visible to others
     mount.stop()
+
+
+def as_nobody(*cmd):
+    return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *map(str, cmd)],
+                          capture_output=True, text=True)
+
+
+def test_allow_other_reads_but_cannot_control(drive_dir, fake, tmp_path):
+    """With allow_other another user reads the tree and the status, but cannot start, cancel,
+    exclude or read the event stream."""
+    if os.getuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to act as another user")
+    from mount_fixture import Mount
+    (drive_dir / "shared.txt").write_bytes(b"for everyone\n")
+    public = pathlib.Path(tempfile.mkdtemp(prefix="odsf-allow-other-", dir="/tmp"))
+    os.chmod(public, 0o755)
+    m = Mount(tmp_path, fake, options=["allow_other"], mnt=public / "mnt")
+    try:
+        m.start()
+        m.sync_and_wait()
+        assert as_nobody("cat", m.mnt / "shared.txt").stdout == "for everyone\n"
+        json.loads(as_nobody("cat", m.sync / "status").stdout)
+        for cmd in (["sh", "-c", f"echo > '{m.sync}/start'"], ["sh", "-c", f"echo > '{m.sync}/cancel'"],
+                    ["cat", m.sync / "events"], ["rm", "-f", m.mnt / "shared.txt"]):
+            r = as_nobody(*cmd)
+            assert r.returncode != 0, cmd
+        assert (m.mnt / "shared.txt").exists()
+        assert m.status()["state"] == "completed"
+        m.stop()
+    finally:
+        m.cleanup()
+        shutil.rmtree(public, ignore_errors=True)

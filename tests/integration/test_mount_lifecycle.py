@@ -47,6 +47,39 @@ def test_remote_delete_and_rename(drive_dir, fake, mount):
     mount.stop()
 
 
+def test_cached_listings_follow_remote_changes(drive_dir, fake, mount):
+    (drive_dir / "dir").mkdir()
+    (drive_dir / "dir" / "a.txt").write_bytes(b"a")
+    (drive_dir / "dir" / "b.txt").write_bytes(b"b")
+    mount.start()
+    mount.sync_and_wait()
+    # Prime the kernel's caches: listings, entries, attributes.
+    assert sorted(os.listdir(mount.mnt / "dir")) == ["a.txt", "b.txt"]
+    assert sorted(os.listdir(mount.mnt)) == [".sync", "dir"]
+    os.stat(mount.mnt / "dir" / "a.txt")
+    fake.add("/dir/c.txt", b"c")
+    fake.add_folder("/dir/sub")
+    fake.add("/dir/sub/d.txt", b"d")
+    fake.delete("/dir/b.txt")
+    fake.add("/top.txt", b"top")
+    mount.sync_and_wait()
+    assert sorted(os.listdir(mount.mnt / "dir")) == ["a.txt", "c.txt", "sub"]
+    assert sorted(os.listdir(mount.mnt / "dir" / "sub")) == ["d.txt"]
+    assert sorted(os.listdir(mount.mnt)) == [".sync", "dir", "top.txt"]
+    assert mounted_listing(mount.mnt) == remote_listing(fake)
+    mount.stop()
+
+
+def remote_listing(fake):
+    """{mount-relative path: size or None for folders}, from the fake's own view of its drive."""
+    return {i["path"].lstrip("/"): None if i["folder"] else i["size"]
+            for i in fake.admin("tree")["items"] if i["path"] not in ("", "/")}
+
+
+def mounted_listing(mnt):
+    return {p: None if v is None else len(v) for p, v in mounted_tree(mnt).items()}
+
+
 def test_exclusion_by_rm_and_return(drive_dir, fake, mount):
     (drive_dir / "dir" / "sub").mkdir(parents=True)
     (drive_dir / "dir" / "sub" / "x.txt").write_bytes(b"x")
@@ -166,3 +199,19 @@ def test_exit_codes(drive_dir, fake, mount, tmp_path):
     assert run_daemon(mount, "--help").returncode == 0
     v = run_daemon(mount, "--version")
     assert v.returncode == 0 and "onedrive-syncfs" in v.stdout
+
+
+def test_cache_on_full_disk(drive_dir, fake, mount, tmp_path):
+    """Exit code 5 when the cache directory's disk is full; needs root to mount a tiny tmpfs."""
+    small = tmp_path / "small"
+    small.mkdir()
+    if os.getuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)],
+                                          capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        r = run_daemon(mount, "-o", f"graph_url={fake.graph_url},cache_dir={small}/cache,token_file={mount.token_file}",
+                       str(mount.mnt))
+        assert r.returncode == 5, r.stderr
+        assert "full disk" in r.stderr
+    finally:
+        subprocess.run(["umount", "-l", str(small)], capture_output=True)

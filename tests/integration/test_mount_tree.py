@@ -91,6 +91,7 @@ def test_sources_at_drive_path(drive_dir, fake, mount):
     fill_drive(drive_dir)
     mount.options.append("source=/Documents/Reports")
     mount.start()
+    assert os.listdir(mount.mnt) == [".sync"]   # listed (and cached) before the first sync
     mount.sync_and_wait()
     assert sorted(os.listdir(mount.mnt)) == [".sync", "Documents"]
     assert os.listdir(mount.mnt / "Documents") == ["Reports"]   # synthetic: only the way down

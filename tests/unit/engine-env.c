@@ -202,6 +202,7 @@ env_engine (Env *env, const EnvOptions *opts)
     .include_globs = opts->include_globs,
     .exclude_globs = opts->exclude_globs,
     .sources = opts->sources ? opts->sources : default_sources,
+    .sync_interval = opts->sync_interval,
   };
   env->engine = sync_engine_new (&sc, env->store, env->client, &error);
   g_assert_no_error (error);

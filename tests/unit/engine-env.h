@@ -34,6 +34,7 @@ typedef struct {
   gint64              max_file_size;
   const char *const  *include_globs;
   const char *const  *exclude_globs;
+  guint               sync_interval;
 } EnvOptions;
 
 /* FALSE when the fake server cannot be run here (the test then skips). */

@@ -608,6 +608,99 @@ test_clear_exclusions (Env *env, gconstpointer data)
   assert_mirror_equals_remote (env);
 }
 
+static GPtrArray *
+read_feed (Env *env)
+{
+  g_autofree char *path = g_build_filename (env->cache_dir, "changes.jsonl", NULL);
+  g_autofree char *text = NULL;
+  g_assert_true (g_file_get_contents (path, &text, NULL, NULL));
+  GPtrArray *lines = g_ptr_array_new_with_free_func ((GDestroyNotify) cJSON_Delete);
+  g_auto (GStrv) parts = g_strsplit (text, "\n", -1);
+  for (guint i = 0; parts[i] && *parts[i]; i++)
+    {
+      cJSON *o = cJSON_Parse (parts[i]);
+      g_assert_nonnull (o);
+      g_ptr_array_add (lines, o);
+    }
+  return lines;
+}
+
+static void
+test_change_feed (Env *env, gconstpointer data)
+{
+  /* What an indexer reads: one line per published change, in order, with consecutive seqs,
+   * kept across a restart; folders only when their paths change. */
+  env_add_file (env, "/Docs/a.txt", "a");
+  env_add_file (env, "/Docs/d/b.txt", "b");
+  env_engine (env, NULL);
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed");
+  env_itemop (env, "rename", "{\"path\":\"/Docs/a.txt\",\"name\":\"a2.txt\"}");
+  env_itemop (env, "rename", "{\"path\":\"/Docs/d\",\"name\":\"e\"}");
+  env_engine (env, NULL);   /* a restart in between */
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed");
+  env_itemop (env, "delete", "{\"path\":\"/Docs/e/b.txt\"}");
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed");
+
+  g_autoptr (GPtrArray) lines = read_feed (env);
+  g_assert_cmpuint (lines->len, ==, 1 + 5);
+  g_assert_cmpstr (cJSON_GetObjectItem (lines->pdata[0], "format")->valuestring, ==, "odsf-changes");
+  for (guint i = 1; i < lines->len; i++)
+    g_assert_cmpint (cJSON_GetObjectItem (lines->pdata[i], "seq")->valueint, ==, i - 1);
+  g_autoptr (GString) seen = g_string_new (NULL);
+  for (guint i = 1; i < lines->len; i++)
+    {
+      const cJSON *l = lines->pdata[i];
+      g_string_append_printf (seen, "%s %s%s;", cJSON_GetObjectItem (l, "action")->valuestring,
+                              cJSON_GetObjectItem (l, "path")->valuestring,
+                              cJSON_IsTrue (cJSON_GetObjectItem (l, "folder")) ? " (folder)" : "");
+    }
+  /* The two first adds may come in either order (two workers); the rest is ordered. */
+  g_assert_true (g_str_has_prefix (seen->str, "added /Docs/a.txt;added /Docs/d/b.txt;")
+                 || g_str_has_prefix (seen->str, "added /Docs/d/b.txt;added /Docs/a.txt;"));
+  g_assert_nonnull (strstr (seen->str, "renamed /Docs/a2.txt;"));
+  g_assert_nonnull (strstr (seen->str, "renamed /Docs/e (folder);"));
+  g_assert_true (g_str_has_suffix (seen->str, "deleted /Docs/e/b.txt;"));
+  const cJSON *added = lines->pdata[1];
+  g_assert_true (cJSON_IsString (cJSON_GetObjectItem (added, "hash")));
+  g_assert_true (cJSON_IsString (cJSON_GetObjectItem (added, "id")));
+  g_assert_cmpint (cJSON_GetObjectItem (added, "size")->valueint, ==, 1);
+}
+
+static void
+test_periodic (Env *env, gconstpointer data)
+{
+  /* A periodic start runs on its own; one that finds a run active skips quietly (no
+   * rejection recorded). */
+  env_add_generated (env, "/Docs/p.bin", 64 * 1024, 9);
+  env_faults (env, "{\"bandwidth_bps\":32768}");
+  env_engine (env, NULL);
+  g_assert_true (sync_engine_start (env->engine, 0, NULL));
+  g_autoptr (GError) error = NULL;
+  g_assert_false (sync_engine_start (env->engine, SYNC_START_PERIODIC, &error));
+  g_assert_error (error, SYNC_ERROR, SYNC_ERROR_BUSY);
+  {
+    g_autoptr (cJSON) st = env_status (env);
+    g_assert_true (cJSON_IsNull (cJSON_GetObjectItem (st, "last_rejected_start")));
+  }
+  sync_engine_cancel (env->engine);
+  g_assert_true (sync_engine_wait_idle (env->engine, 30 * G_USEC_PER_SEC));
+  env_faults (env, "{\"bandwidth_bps\":0}");
+
+  /* With an interval of 1 s the timer starts a run by itself: wait for its run_finished. */
+  EnvOptions opts = { .sync_interval = 1 };
+  env_engine (env, &opts);
+  guint64 cursor = sync_engine_events_head (env->engine);
+  g_autoptr (GString) out = g_string_new (NULL);
+  while (!strstr (out->str, "\"run_finished\""))
+    {
+      env_wait_notify (env);
+      sync_engine_events_read (env->engine, &cursor, out, 1 << 20);
+    }
+  g_assert_nonnull (strstr (out->str, "\"state\":\"completed\""));
+  sync_engine_wait_idle (env->engine, 30 * G_USEC_PER_SEC);
+  assert_mirror_equals_remote (env);
+}
+
 /* ---- SIGKILL in the middle of a run ----------------------------------------------------- */
 
 static void
@@ -681,5 +774,7 @@ main (int argc, char **argv)
   env_add ("/engine/throttled", test_throttled);
   env_add ("/engine/clear-exclusions", test_clear_exclusions);
   env_add ("/engine/sigkill-restart", test_sigkill_restart);
+  env_add ("/engine/change-feed", test_change_feed);
+  env_add ("/engine/periodic", test_periodic);
   return g_test_run ();
 }

@@ -41,6 +41,13 @@ admin (Fixture *f, const char *path, const char *body)
   return o;
 }
 
+/* An admin call whose answer is not needed (only that it succeeded). */
+static void
+admin_ok (Fixture *f, const char *path, const char *body)
+{
+  cJSON_Delete (admin (f, path, body));
+}
+
 static double
 stat_number (Fixture *f, const char *group, const char *key)
 {
@@ -321,7 +328,7 @@ test_delta_resync_mid_set (Fixture *f, gconstpointer data)
   g_autoptr (GraphDeltaPage) first = graph_client_delta (f->client, NULL, f->fg->drive_id, NULL, NULL, &error);
   g_assert_no_error (error);
   g_assert_nonnull (first->next_link);
-  g_autoptr (cJSON) epoch = admin (f, "epoch", "{}");
+  admin_ok (f, "epoch", "{}");
   g_autoptr (GraphDeltaPage) second = graph_client_delta (f->client, first->next_link, f->fg->drive_id, NULL, NULL, &error);
   g_assert_null (second);
   g_assert_error (error, GRAPH_ERROR, GRAPH_ERROR_RESYNC_REQUIRED);
@@ -502,7 +509,7 @@ test_auth_refresh_on_401 (Fixture *f, gconstpointer data)
   g_assert_true (g_file_get_contents (f->token_file, &contents, NULL, NULL));
   g_assert_true (g_file_set_contents_full (old_copy, contents, -1, G_FILE_SET_CONTENTS_NONE, 0600, NULL));
 
-  g_autoptr (cJSON) expired = admin (f, "tokens/expire", "{}");
+  admin_ok (f, "tokens/expire", "{}");
   double token_calls = stat_number (f, "requests", "token");
   g_autofree char *drive = graph_client_my_drive_id (f->client, NULL, &error);
   g_assert_no_error (error);
@@ -516,7 +523,7 @@ test_auth_refresh_on_401 (Fixture *f, gconstpointer data)
 
   /* the old refresh token is dead: a client still holding it must log in again */
   g_autoptr (GraphClient) stale = new_client (f, old_copy);
-  g_autoptr (cJSON) expired2 = admin (f, "tokens/expire", "{}");
+  admin_ok (f, "tokens/expire", "{}");
   g_autofree char *d2 = graph_client_my_drive_id (stale, NULL, &error);
   g_assert_null (d2);
   g_assert_error (error, GRAPH_ERROR, GRAPH_ERROR_AUTH);
@@ -527,9 +534,10 @@ test_auth_refresh_on_401 (Fixture *f, gconstpointer data)
   /* the rotated one still works (the stale client did not break it) */
   g_autofree char *d3 = graph_client_my_drive_id (f->client, NULL, &error);
   g_assert_no_error (error);
+  g_assert_cmpstr (d3, ==, f->fg->drive_id);
 
   /* concurrent 401s refresh once, not once per thread */
-  g_autoptr (cJSON) expired3 = admin (f, "tokens/expire", "{}");
+  admin_ok (f, "tokens/expire", "{}");
   token_calls = stat_number (f, "requests", "token");
   Hammer h = { 0 };
   run_hammer (f, 6, 300 * 1000, &h);
@@ -542,8 +550,8 @@ static void
 test_auth_invalid_grant (Fixture *f, gconstpointer data)
 {
   START (f, "--synthetic", "3,1k,1");
-  g_autoptr (cJSON) revoked = admin (f, "tokens/revoke", "{}");
-  g_autoptr (cJSON) expired = admin (f, "tokens/expire", "{}");
+  admin_ok (f, "tokens/revoke", "{}");
+  admin_ok (f, "tokens/expire", "{}");
   g_autoptr (GError) error = NULL;
   double token_calls = stat_number (f, "requests", "token");
   g_autofree char *drive = graph_client_my_drive_id (f->client, NULL, &error);
@@ -582,6 +590,7 @@ test_auth_refresh_before_expiry (Fixture *f, gconstpointer data)
   f->client = new_client (f, f->token_file);
   g_autofree char *drive = graph_client_my_drive_id (f->client, NULL, &error);
   g_assert_no_error (error);
+  g_assert_cmpstr (drive, ==, f->fg->drive_id);
   g_assert_cmpfloat (stat_number (f, "statuses", "401"), ==, 0);
   g_assert_cmpfloat (stat_number (f, "requests", "token"), >=, 1);
 }
@@ -661,7 +670,7 @@ static void
 test_device_code (Fixture *f, gconstpointer data)
 {
   START (f, "--synthetic", "3,1k,1");
-  g_autoptr (cJSON) settings = admin (f, "auth", "{\"device_interval\":1}");
+  admin_ok (f, "auth", "{\"device_interval\":1}");
   g_autofree char *new_file = g_build_filename (f->dir, "fresh", "token.json", NULL);
   g_autoptr (GraphClient) client = new_client (f, new_file);
   g_assert_false (graph_client_has_token (client));
@@ -675,13 +684,13 @@ test_device_code (Fixture *f, gconstpointer data)
   wait_code (&l);
   g_assert_nonnull (l.uri);
   g_autofree char *sd = g_strdup_printf ("{\"user_code\":\"%s\",\"count\":1}", l.user_code);
-  g_autoptr (cJSON) s1 = admin (f, "devicecode/slow_down", sd);
+  admin_ok (f, "devicecode/slow_down", sd);
   /* approve only once the slow_down answer went out (the fake's interval grows by 5) */
   gint64 deadline = g_get_monotonic_time () + 10 * G_USEC_PER_SEC;
   while (device_interval (f, l.user_code) < 6)
     g_assert_cmpint (g_get_monotonic_time (), <, deadline);
   g_autofree char *ap = g_strdup_printf ("{\"user_code\":\"%s\"}", l.user_code);
-  g_autoptr (cJSON) s2 = admin (f, "devicecode/approve", ap);
+  admin_ok (f, "devicecode/approve", ap);
   g_thread_join (t);
   g_assert_no_error (r.error);
   g_assert_true (r.ok);
@@ -694,6 +703,7 @@ test_device_code (Fixture *f, gconstpointer data)
   g_assert_nonnull (rt);
   g_autofree char *drive = graph_client_my_drive_id (client, NULL, &r.error);
   g_assert_no_error (r.error);
+  g_assert_cmpstr (drive, ==, f->fg->drive_id);
   g_autofree char *state = device_state (f, l.user_code);
   g_assert_cmpstr (state, ==, "consumed");
 
@@ -712,7 +722,7 @@ test_device_code (Fixture *f, gconstpointer data)
       wait_code (&l2);
       g_autofree char *path = g_strdup_printf ("devicecode/%s", ops[i]);
       g_autofree char *body = g_strdup_printf ("{\"user_code\":\"%s\"}", l2.user_code);
-      g_autoptr (cJSON) s3 = admin (f, path, body);
+      admin_ok (f, path, body);
       g_thread_join (t2);
       g_assert_false (r2.ok);
       g_assert_error (r2.error, GRAPH_ERROR, GRAPH_ERROR_AUTH);
@@ -734,7 +744,7 @@ static void
 test_device_code_cancel (Fixture *f, gconstpointer data)
 {
   START (f, "--synthetic", "3,1k,1");
-  g_autoptr (cJSON) settings = admin (f, "auth", "{\"device_interval\":30}");
+  admin_ok (f, "auth", "{\"device_interval\":30}");
   g_autofree char *new_file = g_build_filename (f->dir, "c", "token.json", NULL);
   g_autoptr (GraphClient) client = new_client (f, new_file);
   g_autoptr (GCancellable) cancel = g_cancellable_new ();
@@ -841,6 +851,7 @@ test_download_basic (Fixture *f, gconstpointer data)
     {
       g_autofree char *d = graph_client_my_drive_id (f->client, NULL, &error);
       g_assert_no_error (error);
+      g_assert_nonnull (d);
     }
   g_assert_cmpuint (graph_http_connections_opened (f->client->http) - opened, ==, 0);
   close (fd);
@@ -863,9 +874,23 @@ test_download_expired_url (Fixture *f, gconstpointer data)
   g_assert_cmpfloat (stat_number (f, "requests", "content"), ==, 2);
   close (fd);
 
+  /* a URL that really expires while a transfer is cut short: the retry finds it expired
+   * (403), asks /content for a fresh one and resumes with Range where the body stopped */
+  faults (f, "{\"clear\":true,\"download_url_ttl\":0.3,\"bandwidth_bps\":100000,"
+             "\"download_errors\":[{\"kind\":\"truncate\",\"after_bytes\":45000,\"count\":1}]}");
+  admin_ok (f, "stats/reset", "{}");
+  fd = temp_fd (f);
+  g_assert_true (graph_client_download (f->client, NULL, a.id, a.hash, fd, NULL, NULL, NULL, NULL, &error));
+  g_assert_no_error (error);
+  g_assert_true (fd_matches (fd, a.hash));
+  g_assert_cmpfloat (stat_number (f, "requests", "content"), ==, 2);
+  g_assert_cmpfloat (stat_number (f, "statuses", "403"), ==, 1);
+  g_assert_cmpfloat (item_downloads (f, a.id, "ranged"), ==, 1);
+  close (fd);
+
   /* a 4xx twice in a row: fail after one fresh URL, do not loop */
   faults (f, "{\"clear\":true,\"errors\":[{\"status\":404,\"route\":\"download\",\"count\":2}]}");
-  g_autoptr (cJSON) s1 = admin (f, "stats/reset", "{}");
+  admin_ok (f, "stats/reset", "{}");
   fd = temp_fd (f);
   g_assert_false (graph_client_download (f->client, NULL, a.id, a.hash, fd, NULL, NULL, NULL, NULL, &error));
   g_assert_cmpuint (graph_error_status (error), ==, 404);
@@ -951,7 +976,7 @@ test_download_faults (Fixture *f, gconstpointer data)
     {
       g_autofree char *json = g_strdup_printf ("{\"clear\":true,\"download_errors\":[{\"kind\":\"%s\",\"after_bytes\":100000,\"count\":1}]}", kinds[i]);
       faults (f, json);
-      g_autoptr (cJSON) reset = admin (f, "stats/reset", "{}");
+      admin_ok (f, "stats/reset", "{}");
       int fd = temp_fd (f);
       guint64 n = 0;
       g_assert_true (graph_client_download (f->client, NULL, a.id, a.hash, fd, NULL, NULL, NULL, &n, &error));
@@ -986,7 +1011,7 @@ test_download_faults (Fixture *f, gconstpointer data)
   int full = open ("/dev/full", O_WRONLY | O_CLOEXEC);
   if (full >= 0)
     {
-      g_autoptr (cJSON) reset = admin (f, "stats/reset", "{}");
+      admin_ok (f, "stats/reset", "{}");
       g_assert_false (graph_client_download (f->client, NULL, a.id, a.hash, full, NULL, NULL, NULL, NULL, &error));
       g_assert_error (error, GRAPH_ERROR, GRAPH_ERROR_LOCAL_IO);
       g_assert_cmpint (graph_error_errno (error), ==, ENOSPC);
@@ -1094,6 +1119,7 @@ gate_thread (gpointer data)
   GateRun *r = data;
   g_autofree char *d = graph_client_my_drive_id (r->client, r->cancel, &r->error);
   r->returned_at = g_get_monotonic_time ();
+  g_assert_null (d);
   return NULL;
 }
 
@@ -1256,7 +1282,7 @@ test_no_secrets_in_logs (Fixture *f, gconstpointer data)
 
   f->client = new_client (f, f->token_file);
   /* a refresh (the rotated pair), a 401, retries, a download with its signed URL */
-  g_autoptr (cJSON) expired = admin (f, "tokens/expire", "{}");
+  admin_ok (f, "tokens/expire", "{}");
   faults (f, "{\"errors\":[{\"status\":500,\"route\":\"download\",\"count\":1}]}");
   int fd = temp_fd (f);
   g_assert_true (graph_client_download (f->client, NULL, a.id, a.hash, fd, NULL, NULL, NULL, NULL, &error));
@@ -1285,6 +1311,71 @@ test_no_secrets_in_logs (Fixture *f, gconstpointer data)
   g_assert_null (strstr (logged, dl_path));
   g_assert_nonnull (strstr (logged, f->fg->download_url));
   added_clear (&a);
+}
+
+/* A one-shot raw HTTP listener: records the request head, answers with @reply. */
+typedef struct {
+  GSocketListener *listener;
+  guint16          port;
+  const char      *reply;
+  GString         *head;
+} RawServer;
+
+static gpointer
+raw_serve (gpointer data)
+{
+  RawServer *r = data;
+  g_autoptr (GSocketConnection) conn = g_socket_listener_accept (r->listener, NULL, NULL, NULL);
+  if (conn == NULL)
+    return NULL;
+  GInputStream *in = g_io_stream_get_input_stream (G_IO_STREAM (conn));
+  char buf[4096];
+  while (strstr (r->head->str, "\r\n\r\n") == NULL)
+    {
+      gssize n = g_input_stream_read (in, buf, sizeof buf, NULL, NULL);
+      if (n <= 0)
+        break;
+      g_string_append_len (r->head, buf, n);
+    }
+  g_output_stream_write_all (g_io_stream_get_output_stream (G_IO_STREAM (conn)), r->reply, strlen (r->reply),
+                             NULL, NULL, NULL);
+  g_io_stream_close (G_IO_STREAM (conn), NULL, NULL);
+  return NULL;
+}
+
+static void
+test_request_headers (Fixture *f, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  RawServer r = { .listener = g_socket_listener_new (), .head = g_string_new (NULL),
+                  .reply = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 13\r\n"
+                           "Connection: close\r\n\r\n{\"id\":\"RAW\"}\n" };
+  g_autoptr (GInetAddress) lo = g_inet_address_new_loopback (G_SOCKET_FAMILY_IPV4);
+  g_autoptr (GSocketAddress) addr = g_inet_socket_address_new (lo, 0);
+  g_autoptr (GSocketAddress) bound = NULL;
+  g_assert_true (g_socket_listener_add_address (r.listener, addr, G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP,
+                                                NULL, &bound, &error));
+  r.port = g_inet_socket_address_get_port (G_INET_SOCKET_ADDRESS (bound));
+  f->dir = g_dir_make_tmp ("odsf-graph-raw-XXXXXX", NULL);
+  f->token_file = g_build_filename (f->dir, "token.json", NULL);
+  g_assert_true (graph_auth_save (f->token_file, "refresh-raw", "access-raw", G_MAXINT32, &error));
+  g_autofree char *base = g_strdup_printf ("http://127.0.0.1:%u/v1.0", r.port);
+  GraphConfig config = { .graph_url = base, .login_url = base, .client_id = "odsf-test", .token_file = f->token_file };
+  g_autoptr (GraphClient) c = graph_client_new (&config, &error);
+  g_assert_no_error (error);
+  GThread *t = g_thread_new ("raw", raw_serve, &r);
+  g_autofree char *drive = graph_client_my_drive_id (c, NULL, &error);
+  g_thread_join (t);
+  g_assert_no_error (error);
+  g_assert_cmpstr (drive, ==, "RAW");
+  g_test_message ("request head:\n%s", r.head->str);
+  g_assert_true (g_str_has_prefix (r.head->str, "GET /v1.0/me/drive HTTP/1.1\r\n"));
+  g_assert_nonnull (strstr (r.head->str, "\r\nUser-Agent: onedrive-syncfs/" PACKAGE_VERSION "\r\n"));
+  g_assert_nonnull (strstr (r.head->str, "\r\nAuthorization: Bearer access-raw\r\n"));
+  g_assert_nonnull (strstr (r.head->str, "\r\nAccept: application/json\r\n"));
+  g_socket_listener_close (r.listener);
+  g_object_unref (r.listener);
+  g_string_free (r.head, TRUE);
 }
 
 int
@@ -1318,6 +1409,7 @@ main (int argc, char **argv)
   ADD ("transport/stall-timeout", test_stall_timeout);
   ADD ("transport/tls-verify", test_tls);
   ADD ("transport/no-secrets-in-logs", test_no_secrets_in_logs);
+  ADD ("transport/request-headers", test_request_headers);
   ADD ("retry/cancel-behind-gate", test_gate_cancel);
   return g_test_run ();
 }

@@ -119,7 +119,7 @@ stream_read (void *cls, uint64_t pos, char *buf, size_t max)
       g_warning ("download: read failed: %s", got < 0 ? g_strerror (errno) : "short file");
       return MHD_CONTENT_READER_END_WITH_ERROR;
     }
-  fake_stats_bytes (&s->server->stats, s->item, (guint64) got);
+  fake_stats_bytes (&s->server->stats, s->item, got);
   return got;
 }
 
@@ -326,6 +326,10 @@ fake_download_handler (void *cls, struct MHD_Connection *conn, const char *url, 
           resp = MHD_create_response_from_fd_at_offset64 (len, fd, blob->offset + start);
           if (!head)
             {
+              /* Counted now: the client may read the body and ask for stats before
+               * libmicrohttpd reports completion. request_completed takes it back if the
+               * body did not go out. */
+              fake_stats_bytes (&server->stats, item, (gint64) len);
               req->planned_bytes = len;
               req->item = item;
             }

@@ -48,8 +48,8 @@ request_completed (void *cls, struct MHD_Connection *conn, void **con_cls,
   FakeRequest *req = *con_cls;
   if (req == NULL)
     return;
-  if (!req->counted && req->planned_bytes && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)
-    fake_stats_bytes (&server->stats, req->item, req->planned_bytes);
+  if (req->planned_bytes && toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
+    fake_stats_bytes (&server->stats, req->item, -(gint64) req->planned_bytes);
   fake_request_free (req);
   *con_cls = NULL;
 }
@@ -368,6 +368,7 @@ main (int argc, char **argv)
     cJSON_AddStringToObject (ready, "admin_url", admin_url);
     cJSON_AddStringToObject (ready, "download_url", server.download_base);
     cJSON_AddStringToObject (ready, "drive_id", server.drive->drive_id);
+    cJSON_AddStringToObject (ready, "remote_drive_id", server.drive->remote_drive_id);
     cJSON_AddStringToObject (ready, "root_id", server.drive->root->id);
     cJSON_AddStringToObject (ready, "flavour", business ? "business" : "personal");
     cJSON_AddNumberToObject (ready, "items", server.drive->all->len);
