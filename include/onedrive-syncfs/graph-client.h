@@ -41,7 +41,7 @@ typedef struct {
   const char *client_id;     /* needed for refresh and login */
   const char *ca_file;       /* extra CA bundle (tests); verification is always on */
   const char *token_file;    /* token.json; NULL only for clients that never authenticate */
-  guint       max_connections; /* 0: 8 */
+  guint       max_connections; /* idle connection slots kept for reuse; 0: 8 */
   /* Retry policy knobs (tests make them small; 0 picks the default). */
   guint       max_retries;        /* 0: 5 tries after the first for 5xx/network errors */
   guint       retry_base_ms;      /* 0: 500; first backoff step, doubled each try */
@@ -77,7 +77,17 @@ typedef void (*GraphProgressFunc) (guint64 bytes_done, guint64 bytes_total, gpoi
 /* Downloads the item's content into @fd. If @fd already holds k bytes, asks for the rest with
  * Range and hashes prefix + rest; a 200 instead of 206 starts over (the fd is truncated). When
  * @expected_quickxor is non-NULL a mismatch is GRAPH_ERROR_HASH_MISMATCH. Cancelling @cancel
- * aborts an in-flight transfer within milliseconds: GRAPH_ERROR_CANCELLED. */
+ * aborts an in-flight transfer within milliseconds: GRAPH_ERROR_CANCELLED.
+ *
+ * @fd should be a regular file opened for writing (read access too, to hash a prefix); bytes
+ * go in with pwrite at their own offsets, so the fd's file position is neither used nor moved.
+ * A pipe or device works without resume. On CANCELLED and network errors the bytes that did
+ * arrive stay in @fd (the next call resumes after them); on HASH_MISMATCH the fd is truncated
+ * to 0, because a resume must not build on wrong bytes. Disk full is GRAPH_ERROR_LOCAL_IO with
+ * graph_error_errno() == ENOSPC. A 4xx from the download host (an expired URL) makes the
+ * client ask /content once more. @bytes_downloaded (may be NULL) gets the bytes this call
+ * wrote, not counting a resumed prefix. @progress is called from the calling thread with
+ * bytes so far (prefix included) and the total when known (else 0). */
 gboolean graph_client_download (GraphClient *client, const char *drive_id, const char *item_id,
                                 const char *expected_quickxor, int fd,
                                 GCancellable *cancel, GraphProgressFunc progress, gpointer user_data,

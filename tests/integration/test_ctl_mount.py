@@ -334,3 +334,39 @@ def test_unit_command_line_stops_cleanly_on_sigterm(tmp_path):
             proc.kill()
             proc.wait()
         fake.stop()
+
+
+def test_follow_ends_when_daemon_stops(world):
+    """A clean stop (SIGTERM, as systemd does) gives blocked event readers end-of-file: follow
+    exits 0 on its own and does not keep the mount busy."""
+    fake, env, m = world
+    p = subprocess.Popen([str(SYNCCTL), "follow", str(m.mountpoint)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        wait_until(lambda: any(os.path.basename(os.readlink(f"/proc/{p.pid}/fd/{fd}")) == "events"
+                               for fd in os.listdir(f"/proc/{p.pid}/fd")
+                               if os.path.islink(f"/proc/{p.pid}/fd/{fd}")),
+                   what="follow to open .sync/events")
+        m.proc.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=30)
+        assert m.proc.wait(timeout=30) == 0, m.output()
+    finally:
+        p.kill()
+    assert p.returncode == EXIT_OK, err
+    m.kill()                   # nothing left to unmount; never twice through stop()
+    m.stop = lambda: None
+
+
+def test_dead_mount_is_explained(world):
+    """After a SIGKILL the kernel keeps a dead mount: the tool says so and how to clear it."""
+    fake, env, m = world
+    m.proc.kill()
+    m.proc.wait()
+    try:
+        for args in (("status",), ("start", "--wait"), ("follow",)):
+            r = run_ctl(args[0], m.mountpoint, *args[1:], env=env)
+            assert r.returncode == 1, (args, r)
+            assert "the daemon is gone" in r.stderr and "fusermount3 -u" in r.stderr, r.stderr
+    finally:
+        m.kill()
+    m.stop = lambda: None

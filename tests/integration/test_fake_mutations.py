@@ -149,3 +149,51 @@ def test_tls(fake_factory, tmp_path):
         assert r.status == 200 and len(r.body) == 4096
     finally:
         conftest.CAFILE["path"] = None
+
+
+def test_shared_folder_lives_on_the_remote_drive(fake):
+    tree = fake.admin("tree")
+    remote_drive = tree["remote_drive_id"]
+    assert fake.ready["remote_drive_id"] == remote_drive != fake.drive_id
+    shared = fake.admin("items/add", {"path": "/Shared", "remote": True})
+    inner = fake.admin("items/add", {"path": "/Shared/Sub/inner.txt", "content": "remote bytes", "parents": True})
+    start = fake.get_json("/me/drive/root/delta?token=latest")["@odata.deltaLink"]
+    full, _, _ = fake.delta_all("/me/drive/root/delta")
+    sc = [it for it in full if it["id"] == shared["id"]]
+    assert len(sc) == 1
+    assert sc[0]["remoteItem"]["id"] == shared["id"]
+    assert sc[0]["remoteItem"]["parentReference"]["driveId"] == remote_drive
+    # the contents are not in the user's drive delta ...
+    assert inner["id"] not in [it["id"] for it in full]
+    # ... but in a delta on the remote drive, where they name the remote drive
+    items, rdelta, _ = fake.delta_all(f"/drives/{remote_drive}/items/{shared['id']}/delta")
+    got = {it.get("name"): it for it in items}
+    assert set(got) == {"Shared", "Sub", "inner.txt"}
+    assert got["inner.txt"]["parentReference"]["driveId"] == remote_drive
+    assert f"/drives/{remote_drive}/" in rdelta
+    # a change inside shows only there
+    fake.admin("items/modify", {"id": inner["id"], "content": "changed remotely"})
+    mine, _, _ = fake.delta_all(start)
+    assert inner["id"] not in [it["id"] for it in mine]
+    theirs, _, _ = fake.delta_all(rdelta)
+    assert [it["size"] for it in theirs if it["id"] == inner["id"]] == [16]
+    r, _ = fake.download(inner["id"])
+    assert r.body == b"changed remotely"
+
+
+def test_package_items(fake):
+    nb = fake.admin("items/add", {"path": "/Notebook", "package": "oneNote", "content": "x"})
+    it = fake.get_json(f"/me/drive/items/{nb['id']}")
+    assert it["package"] == {"type": "oneNote"}
+    assert "file" not in it and "folder" not in it
+
+
+def test_foreign_links(fake_factory):
+    f = fake_factory("--synthetic", "5,1,0")
+    f.faults(link_base="http://graph.example.invalid")
+    page = f.get_json("/me/drive/root/delta?$top=2")
+    assert page["@odata.nextLink"].startswith("http://graph.example.invalid/v1.0/")
+    kids = f.get_json("/me/drive/root/children?$top=2")
+    assert kids["@odata.nextLink"].startswith("http://graph.example.invalid/v1.0/")
+    f.faults(link_base=None)
+    assert f.get_json("/me/drive/root/delta?$top=2")["@odata.nextLink"].startswith(f.login_url)

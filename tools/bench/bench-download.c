@@ -332,7 +332,7 @@ main (int argc, char **argv)
     { "workers", 0, 0, G_OPTION_ARG_INT, &opt_workers, "Concurrent downloads (default 8)", "W" },
     { "cancel-rounds", 0, 0, G_OPTION_ARG_INT, &opt_rounds, "Cancel rounds (default 10)", "K" },
     { "cancel-bps", 0, 0, G_OPTION_ARG_INT64, &opt_cancel_bps, "Per-download bandwidth during cancel rounds", "BPS" },
-    { NULL },
+    G_OPTION_ENTRY_NULL,
   };
   g_autoptr (GOptionContext) ctx = g_option_context_new ("- download benchmark against tools/fake-graph");
   g_option_context_add_main_entries (ctx, entries, NULL);

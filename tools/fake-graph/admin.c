@@ -153,9 +153,16 @@ items_op (FakeServer *server, struct MHD_Connection *conn, const char *op, const
         parent = drive->root;
       if (parent == NULL && error == NULL)
         g_set_error (&error, G_IO_ERROR, G_IO_ERROR_NOT_FOUND, "parent not found");
+      gboolean remote = jbool (body, "remote", FALSE);
       if (error == NULL)
-        item = fake_drive_add (drive, parent, name, jbool (body, "folder", FALSE), blob, mtime, &error);
+        item = fake_drive_add (drive, parent, name, jbool (body, "folder", FALSE) || remote, blob, mtime, &error);
       ok = item != NULL;
+      if (item)
+        {
+          /* Facets that change how the item renders; set before anyone can see it. */
+          item->remote = remote;
+          item->package = g_strdup (jstr (body, "package"));
+        }
     }
   else
     {
@@ -242,6 +249,7 @@ get_tree (FakeServer *server, struct MHD_Connection *conn)
   cJSON_AddNumberToObject (o, "seq", (double) drive->seq);
   cJSON_AddNumberToObject (o, "epoch", drive->epoch);
   cJSON_AddStringToObject (o, "drive_id", drive->drive_id);
+  cJSON_AddStringToObject (o, "remote_drive_id", drive->remote_drive_id);
   cJSON_AddStringToObject (o, "root_id", drive->root->id);
   g_rw_lock_reader_unlock (&drive->lock);
   return fake_respond_json (conn, server, 200, o, NULL);

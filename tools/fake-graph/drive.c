@@ -266,6 +266,7 @@ item_free (FakeItem *item)
   g_free (item->quickxor);
   g_free (item->sha1);
   g_free (item->sha256);
+  g_free (item->package);
   g_free (item);
 }
 
@@ -336,9 +337,15 @@ fake_drive_new (gboolean business)
   g_rw_lock_init (&drive->lock);
   drive->business = business;
   if (business)
-    drive->drive_id = g_strdup ("b!xA9hQ2fRk0uVn3TzYw8pLm4sJd6eCb1oGi5aZq7rXt2MvN0yKw3HjPl8UsEf9DgB");
+    {
+      drive->drive_id = g_strdup ("b!xA9hQ2fRk0uVn3TzYw8pLm4sJd6eCb1oGi5aZq7rXt2MvN0yKw3HjPl8UsEf9DgB");
+      drive->remote_drive_id = g_strdup ("b!Rm7tKq2WzXc9LpV4nB8sYd1fGh3jJk6eMo0aPi5uTr2QwE7yUx4CvN9bZl1sDg3H");
+    }
   else
-    drive->drive_id = g_strdup ("d6ebf6b564426b61");
+    {
+      drive->drive_id = g_strdup ("d6ebf6b564426b61");
+      drive->remote_drive_id = g_strdup ("a1f0c4e2b3d59687");
+    }
   drive->by_id = g_hash_table_new (g_str_hash, g_str_equal);
   drive->all = g_ptr_array_new_with_free_func ((GDestroyNotify) item_free);
   drive->log = g_array_new (FALSE, FALSE, sizeof (FakeLogEntry));
@@ -366,6 +373,7 @@ fake_drive_free (FakeDrive *drive)
   if (drive->pool_fd >= 0)
     close (drive->pool_fd);
   g_free (drive->drive_id);
+  g_free (drive->remote_drive_id);
   g_rw_lock_clear (&drive->lock);
   g_free (drive);
 }
@@ -773,6 +781,26 @@ fake_drive_item_path (FakeItem *item)
   return g_string_free (s, FALSE);
 }
 
+const char *
+fake_item_drive_id (FakeDrive *drive, FakeItem *item)
+{
+  for (FakeItem *p = item->parent; p != NULL; p = p->parent)
+    if (p->remote)
+      return drive->remote_drive_id;
+  return drive->drive_id;
+}
+
+/* TRUE when a shared folder lies strictly between @scope and @item: its contents belong to
+ * the remote drive and are not part of this scope's delta. */
+static gboolean
+behind_remote (FakeItem *item, FakeItem *scope)
+{
+  for (FakeItem *p = item->parent; p != NULL && p != scope; p = p->parent)
+    if (p->remote)
+      return TRUE;
+  return FALSE;
+}
+
 gboolean
 fake_item_is_under (FakeItem *item, FakeItem *ancestor)
 {
@@ -839,7 +867,7 @@ fake_drive_new_set (FakeDrive *drive, FakeItem *scope, gboolean full, guint64 fr
       for (guint i = 0; i < drive->all->len; i++)
         {
           FakeItem *item = drive->all->pdata[i];
-          if (item->hidden || !fake_item_is_under (item, scope))
+          if (item->hidden || !fake_item_is_under (item, scope) || behind_remote (item, scope))
             continue;
           if (item->deleted && !include_tombstones_in_full)
             continue;
@@ -863,7 +891,7 @@ fake_drive_new_set (FakeDrive *drive, FakeItem *scope, gboolean full, guint64 fr
           FakeLogEntry *e = &g_array_index (drive->log, FakeLogEntry, i);
           if (e->item->seq != e->seq || e->item->hidden)
             continue;                       /* stale: a later entry has this item */
-          if (fake_item_is_under (e->item, scope))
+          if (fake_item_is_under (e->item, scope) && !behind_remote (e->item, scope))
             add_with_ancestors (set, seen, e->item, scope);
         }
       if (scope != drive->root)
@@ -1037,8 +1065,8 @@ fake_render_item (FakeDrive *drive, FakeItem *item, const FakeRenderOpts *opts)
   if (selected (sel, "parentReference"))
     {
       cJSON *pr = cJSON_AddObjectToObject (o, "parentReference");
-      g_autofree char *did = opts->mixed_case_drive_id ? g_ascii_strup (drive->drive_id, -1)
-                                                       : g_strdup (drive->drive_id);
+      const char *home = fake_item_drive_id (drive, item);
+      g_autofree char *did = opts->mixed_case_drive_id ? g_ascii_strup (home, -1) : g_strdup (home);
       cJSON_AddStringToObject (pr, "driveId", did);
       cJSON_AddStringToObject (pr, "driveType", drive->business ? "business" : "personal");
       if (item->parent)
@@ -1059,7 +1087,24 @@ fake_render_item (FakeDrive *drive, FakeItem *item, const FakeRenderOpts *opts)
       cJSON *f = cJSON_AddObjectToObject (o, "folder");
       cJSON_AddNumberToObject (f, "childCount", tomb ? 0 : g_hash_table_size (item->children));
     }
-  if (!item->folder && selected (sel, "file"))
+  if (item->remote && !tomb && selected (sel, "remoteItem"))
+    {
+      /* The shortcut names the shared folder on its own drive (same id in the fake). */
+      cJSON *r = cJSON_AddObjectToObject (o, "remoteItem");
+      cJSON_AddStringToObject (r, "id", item->id);
+      cJSON_AddStringToObject (r, "name", item->name);
+      cJSON *rf = cJSON_AddObjectToObject (r, "folder");
+      cJSON_AddNumberToObject (rf, "childCount", g_hash_table_size (item->children));
+      cJSON *rp = cJSON_AddObjectToObject (r, "parentReference");
+      cJSON_AddStringToObject (rp, "driveId", drive->remote_drive_id);
+      cJSON_AddStringToObject (rp, "driveType", drive->business ? "business" : "personal");
+    }
+  if (item->package && selected (sel, "package"))
+    {
+      cJSON *pk = cJSON_AddObjectToObject (o, "package");
+      cJSON_AddStringToObject (pk, "type", item->package);
+    }
+  if (!item->folder && !item->package && selected (sel, "file"))
     {
       cJSON *f = cJSON_AddObjectToObject (o, "file");
       if (!tomb)

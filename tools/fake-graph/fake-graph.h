@@ -50,6 +50,9 @@ struct _FakeItem {
   gboolean    folder;
   gboolean    deleted;
   gboolean    hidden;       /* deleted silently with its folder: in no delta set */
+  gboolean    remote;       /* a shared folder: a remoteItem shortcut whose contents live on
+                             * the "remote" drive and appear only in deltas scoped to it */
+  char       *package;      /* package type (e.g. "oneNote"): neither file nor folder; NULL */
   guint64     seq;          /* change-log position of the latest change */
   guint       version;      /* eTag version: any change */
   guint       cversion;     /* cTag version: content change */
@@ -84,6 +87,7 @@ typedef struct {
   GRWLock     lock;
   gboolean    business;
   char       *drive_id;
+  char       *remote_drive_id;  /* the drive that shared (remote) folders live on */
   FakeItem   *root;
   GHashTable *by_id;        /* id -> FakeItem*, deleted ones too */
   GPtrArray  *all;          /* FakeItem*, owned, creation order */
@@ -121,6 +125,8 @@ GPtrArray *fake_drive_sorted_children (FakeItem *folder);
 /* Any item by id, tombstones included. */
 FakeItem  *fake_drive_lookup_any (FakeDrive *drive, const char *id);
 gboolean   fake_item_is_under (FakeItem *item, FakeItem *ancestor);
+/* The drive an item lives on: the remote drive inside a shared folder, else the drive. */
+const char *fake_item_drive_id (FakeDrive *drive, FakeItem *item);
 
 /* Mutations: write lock held. Each records a change with a new sequence number. */
 FakeItem  *fake_drive_add (FakeDrive *drive, FakeItem *parent, const char *name, gboolean folder,
@@ -263,6 +269,7 @@ typedef struct {
   double     token_max_age;        /* seconds; 0 = tokens never age out */
   double     download_url_ttl;     /* seconds */
   double     throttle_grace;       /* seconds after a Retry-After during which in-flight calls are forgiven */
+  char      *link_base;            /* NULL: links on the Graph listener; else this base (foreign links) */
   GPtrArray *errors;               /* FakeErrorRule* */
   GPtrArray *download_errors;      /* FakeDownloadRule* */
   GRand     *rand;

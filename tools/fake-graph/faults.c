@@ -83,6 +83,7 @@ faults_defaults (FakeFaults *f)
   f->token_max_age = 0;
   f->download_url_ttl = 3600;
   f->throttle_grace = 0.2;
+  g_clear_pointer (&f->link_base, g_free);
   g_ptr_array_set_size (f->errors, 0);
   g_ptr_array_set_size (f->download_errors, 0);
 }
@@ -104,6 +105,7 @@ fake_faults_clear (FakeFaults *faults)
   g_ptr_array_unref (faults->errors);
   g_ptr_array_unref (faults->download_errors);
   g_rand_free (faults->rand);
+  g_free (faults->link_base);
   g_mutex_clear (&faults->lock);
 }
 
@@ -268,6 +270,17 @@ fake_faults_apply (FakeFaults *f, const cJSON *json, GError **error)
           else f->folder_delta_not_supported = (guint) d;
           continue;
         }
+      if (strcmp (k, "link_base") == 0)
+        {
+          if (!cJSON_IsString (v) && !cJSON_IsNull (v))
+            {
+              g_set_error (error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT, "link_base: a URL or null");
+              return FALSE;
+            }
+          g_free (f->link_base);
+          f->link_base = cJSON_IsString (v) && *v->valuestring ? g_strdup (v->valuestring) : NULL;
+          continue;
+        }
       if (strcmp (k, "errors") == 0 || strcmp (k, "download_errors") == 0)
         {
           if (!cJSON_IsArray (v))
@@ -324,6 +337,10 @@ fake_faults_to_json (FakeFaults *f)
   cJSON_AddNumberToObject (o, "token_max_age", f->token_max_age);
   cJSON_AddNumberToObject (o, "download_url_ttl", f->download_url_ttl);
   cJSON_AddNumberToObject (o, "throttle_grace", f->throttle_grace);
+  if (f->link_base)
+    cJSON_AddStringToObject (o, "link_base", f->link_base);
+  else
+    cJSON_AddNullToObject (o, "link_base");
   cJSON *errs = cJSON_AddArrayToObject (o, "errors");
   for (guint i = 0; i < f->errors->len; i++)
     {

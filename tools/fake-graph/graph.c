@@ -113,14 +113,26 @@ encode_token (const char *fmt, ...)
   return fake_b64url_encode (text, strlen (text));
 }
 
+/* Where nextLinks and deltaLinks point: the Graph listener, unless a test asked for links
+ * on a foreign host (which a client must refuse to follow). */
+static char *
+link_base (FakeServer *server)
+{
+  g_autoptr(GMutexLocker) locker = g_mutex_locker_new (&server->faults.lock);
+  return g_strdup (server->faults.link_base ? server->faults.link_base : server->graph_base);
+}
+
 static char *
 delta_base (FakeServer *server, FakeItem *scope)
 {
   FakeDrive *drive = server->drive;
+  g_autofree char *base = link_base (server);
   if (scope == drive->root)
-    return g_strdup_printf ("%s/v1.0/drives/%s/root/delta", server->graph_base, drive->drive_id);
+    return g_strdup_printf ("%s/v1.0/drives/%s/root/delta", base, drive->drive_id);
   g_autofree char *id = g_uri_escape_string (scope->id, "!", FALSE);
-  return g_strdup_printf ("%s/v1.0/drives/%s/items/%s/delta", server->graph_base, drive->drive_id, id);
+  /* A shared folder's delta runs on the remote drive. */
+  const char *did = scope->remote ? drive->remote_drive_id : fake_item_drive_id (drive, scope);
+  return g_strdup_printf ("%s/v1.0/drives/%s/items/%s/delta", base, did, id);
 }
 
 static char *
@@ -305,7 +317,8 @@ static gboolean
 drive_matches (FakeServer *server, const Target *t)
 {
   /* Drive ids are compared without case: Personal drive ids come back in mixed case. */
-  return t->me || g_ascii_strcasecmp (t->drive_seg, server->drive->drive_id) == 0;
+  return t->me || g_ascii_strcasecmp (t->drive_seg, server->drive->drive_id) == 0 ||
+         g_ascii_strcasecmp (t->drive_seg, server->drive->remote_drive_id) == 0;
 }
 
 /* ---------- handlers ---------- */
@@ -429,8 +442,9 @@ handle_children (FakeServer *server, struct MHD_Connection *conn, const Target *
       g_autofree char *tok = encode_token ("c1.%u.%u", instance_nonce, offset + top);
       g_autofree char *id = g_uri_escape_string (item->id, "!", FALSE);
       g_autofree char *sel = select_suffix (select_raw);
+      g_autofree char *base = link_base (server);
       g_autofree char *link = g_strdup_printf ("%s/v1.0/drives/%s/items/%s/children?$top=%u&$skiptoken=%s%s",
-                                               server->graph_base, drive->drive_id, id, top, tok, sel);
+                                               base, fake_item_drive_id (drive, item), id, top, tok, sel);
       cJSON_AddStringToObject (o, "@odata.nextLink", link);
     }
   g_rw_lock_reader_unlock (&drive->lock);

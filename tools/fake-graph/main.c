@@ -368,6 +368,7 @@ main (int argc, char **argv)
     cJSON_AddStringToObject (ready, "admin_url", admin_url);
     cJSON_AddStringToObject (ready, "download_url", server.download_base);
     cJSON_AddStringToObject (ready, "drive_id", server.drive->drive_id);
+    cJSON_AddStringToObject (ready, "remote_drive_id", server.drive->remote_drive_id);
     cJSON_AddStringToObject (ready, "root_id", server.drive->root->id);
     cJSON_AddStringToObject (ready, "flavour", business ? "business" : "personal");
     cJSON_AddNumberToObject (ready, "items", server.drive->all->len);
