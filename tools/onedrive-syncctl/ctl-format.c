@@ -330,7 +330,10 @@ ctl_format_status (const cJSON *status, gint64 now_us)
   g_string_append_c (s, '\n');
 
   g_string_append (s, "Progress:  ");
-  append_progress (s, &p);
+  if (strcmp (state, "idle") == 0 && p.items_total <= 0 && p.items_done <= 0)
+    g_string_append (s, "-");   /* nothing has run yet: no "0/0 items, 0 B" noise */
+  else
+    append_progress (s, &p);
   g_string_append_c (s, '\n');
 
   /* What the finished items were, in the status document's own words; zeros left out. */
