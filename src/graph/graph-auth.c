@@ -37,7 +37,7 @@ graph_token_file_path (const char *profile)
 gboolean
 graph_client_has_token (GraphClient *client)
 {
-  g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&client->token_lock);
+  G_GNUC_UNUSED g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&client->token_lock);
   return client->refresh_token != NULL;
 }
 
@@ -130,7 +130,7 @@ graph_auth_load (GraphClient *client, GError **error)
   const char *at = token_string (root, "access_token");
   const cJSON *exp = cJSON_GetObjectItemCaseSensitive (root, "expires_at");
 
-  g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&client->token_lock);
+  G_GNUC_UNUSED g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&client->token_lock);
   clear_secret (&client->refresh_token);
   clear_secret (&client->access_token);
   client->refresh_token = g_strdup (rt);
@@ -344,7 +344,7 @@ accept_tokens (GraphClient *client, const cJSON *root, const char *what, GError 
 gboolean
 graph_auth_refresh (GraphClient *client, guint64 failed_generation, GCancellable *cancel, GError **error)
 {
-  g_autoptr (GMutexLocker) refresh = g_mutex_locker_new (&client->refresh_lock);
+  G_GNUC_UNUSED g_autoptr (GMutexLocker) refresh = g_mutex_locker_new (&client->refresh_lock);
 
   g_mutex_lock (&client->token_lock);
   gint64 now = g_get_real_time () / G_USEC_PER_SEC;
@@ -498,7 +498,7 @@ graph_client_login_device_code (GraphClient *client, GraphDeviceCodeFunc show, g
       g_free (poll);
       if (ok)
         {
-          g_autoptr (GMutexLocker) refresh = g_mutex_locker_new (&client->refresh_lock);
+          G_GNUC_UNUSED g_autoptr (GMutexLocker) refresh = g_mutex_locker_new (&client->refresh_lock);
           return accept_tokens (client, root, "POST token (device code)", error);
         }
       const char *oauth = graph_error_code (local, 0);

@@ -554,7 +554,13 @@ download_sink (GraphHttpResponse *response, const void *data, gsize len, gpointe
         }
       else
         {
-          /* The whole body, Range or not: start over. */
+          /* The whole body, Range or not: start over. A pipe cannot take back what it
+           * already passed on. */
+          if (d->offset > 0 && !d->regular)
+            {
+              *errsv = ESPIPE;
+              return FALSE;
+            }
           if (d->offset > 0 && !download_truncate (d, errsv))
             return FALSE;
           d->expected_end = response->content_length >= 0 ? (guint64) response->content_length : 0;

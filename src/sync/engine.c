@@ -47,6 +47,7 @@
 #include <fcntl.h>
 #include <glib/gstdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
@@ -1052,6 +1053,29 @@ drain_queue (Run *run)
   g_thread_pool_free (pool, FALSE, TRUE);
 }
 
+/* Partial downloads are kept across a cancel or a crash so the next attempt resumes with
+ * Range; one whose work never comes back (the file was deleted or changed meanwhile: its name
+ * carries the hash it was for) would stay forever. A week without a touch is the limit. */
+#define PART_MAX_AGE_S (7 * 24 * 3600)
+
+static void
+clean_tmp (SyncEngine *e)
+{
+  g_autoptr (GDir) d = g_dir_open (e->tmp_dir, 0, NULL);
+  const char *name;
+  gint64 now = g_get_real_time () / G_USEC_PER_SEC;
+  while (d && (name = g_dir_read_name (d)))
+    {
+      g_autofree char *p = g_build_filename (e->tmp_dir, name, NULL);
+      GStatBuf st;
+      if (g_stat (p, &st) == 0 && S_ISREG (st.st_mode) && now - (gint64) st.st_mtime > PART_MAX_AGE_S)
+        {
+          g_debug ("removing the stale partial download %s", name);
+          g_unlink (p);
+        }
+    }
+}
+
 static gpointer
 run_main (gpointer data)
 {
@@ -1079,6 +1103,7 @@ run_main (gpointer data)
         g_info ("%u excluded items come back", back);
     }
 
+  clean_tmp (e);
   struct statvfs sv;
   if (statvfs (e->cache_dir, &sv) == 0)
     run->cache_fs_bytes = (guint64) sv.f_blocks * sv.f_frsize;

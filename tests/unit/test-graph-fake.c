@@ -41,6 +41,13 @@ admin (Fixture *f, const char *path, const char *body)
   return o;
 }
 
+/* An admin call whose answer is not needed (only that it succeeded). */
+static void
+admin_ok (Fixture *f, const char *path, const char *body)
+{
+  cJSON_Delete (admin (f, path, body));
+}
+
 static double
 stat_number (Fixture *f, const char *group, const char *key)
 {
@@ -321,7 +328,7 @@ test_delta_resync_mid_set (Fixture *f, gconstpointer data)
   g_autoptr (GraphDeltaPage) first = graph_client_delta (f->client, NULL, f->fg->drive_id, NULL, NULL, &error);
   g_assert_no_error (error);
   g_assert_nonnull (first->next_link);
-  g_autoptr (cJSON) epoch = admin (f, "epoch", "{}");
+  admin_ok (f, "epoch", "{}");
   g_autoptr (GraphDeltaPage) second = graph_client_delta (f->client, first->next_link, f->fg->drive_id, NULL, NULL, &error);
   g_assert_null (second);
   g_assert_error (error, GRAPH_ERROR, GRAPH_ERROR_RESYNC_REQUIRED);
@@ -502,7 +509,7 @@ test_auth_refresh_on_401 (Fixture *f, gconstpointer data)
   g_assert_true (g_file_get_contents (f->token_file, &contents, NULL, NULL));
   g_assert_true (g_file_set_contents_full (old_copy, contents, -1, G_FILE_SET_CONTENTS_NONE, 0600, NULL));
 
-  g_autoptr (cJSON) expired = admin (f, "tokens/expire", "{}");
+  admin_ok (f, "tokens/expire", "{}");
   double token_calls = stat_number (f, "requests", "token");
   g_autofree char *drive = graph_client_my_drive_id (f->client, NULL, &error);
   g_assert_no_error (error);
@@ -516,7 +523,7 @@ test_auth_refresh_on_401 (Fixture *f, gconstpointer data)
 
   /* the old refresh token is dead: a client still holding it must log in again */
   g_autoptr (GraphClient) stale = new_client (f, old_copy);
-  g_autoptr (cJSON) expired2 = admin (f, "tokens/expire", "{}");
+  admin_ok (f, "tokens/expire", "{}");
   g_autofree char *d2 = graph_client_my_drive_id (stale, NULL, &error);
   g_assert_null (d2);
   g_assert_error (error, GRAPH_ERROR, GRAPH_ERROR_AUTH);
@@ -527,9 +534,10 @@ test_auth_refresh_on_401 (Fixture *f, gconstpointer data)
   /* the rotated one still works (the stale client did not break it) */
   g_autofree char *d3 = graph_client_my_drive_id (f->client, NULL, &error);
   g_assert_no_error (error);
+  g_assert_cmpstr (d3, ==, f->fg->drive_id);
 
   /* concurrent 401s refresh once, not once per thread */
-  g_autoptr (cJSON) expired3 = admin (f, "tokens/expire", "{}");
+  admin_ok (f, "tokens/expire", "{}");
   token_calls = stat_number (f, "requests", "token");
   Hammer h = { 0 };
   run_hammer (f, 6, 300 * 1000, &h);
@@ -542,8 +550,8 @@ static void
 test_auth_invalid_grant (Fixture *f, gconstpointer data)
 {
   START (f, "--synthetic", "3,1k,1");
-  g_autoptr (cJSON) revoked = admin (f, "tokens/revoke", "{}");
-  g_autoptr (cJSON) expired = admin (f, "tokens/expire", "{}");
+  admin_ok (f, "tokens/revoke", "{}");
+  admin_ok (f, "tokens/expire", "{}");
   g_autoptr (GError) error = NULL;
   double token_calls = stat_number (f, "requests", "token");
   g_autofree char *drive = graph_client_my_drive_id (f->client, NULL, &error);
@@ -582,6 +590,7 @@ test_auth_refresh_before_expiry (Fixture *f, gconstpointer data)
   f->client = new_client (f, f->token_file);
   g_autofree char *drive = graph_client_my_drive_id (f->client, NULL, &error);
   g_assert_no_error (error);
+  g_assert_cmpstr (drive, ==, f->fg->drive_id);
   g_assert_cmpfloat (stat_number (f, "statuses", "401"), ==, 0);
   g_assert_cmpfloat (stat_number (f, "requests", "token"), >=, 1);
 }
@@ -661,7 +670,7 @@ static void
 test_device_code (Fixture *f, gconstpointer data)
 {
   START (f, "--synthetic", "3,1k,1");
-  g_autoptr (cJSON) settings = admin (f, "auth", "{\"device_interval\":1}");
+  admin_ok (f, "auth", "{\"device_interval\":1}");
   g_autofree char *new_file = g_build_filename (f->dir, "fresh", "token.json", NULL);
   g_autoptr (GraphClient) client = new_client (f, new_file);
   g_assert_false (graph_client_has_token (client));
@@ -675,13 +684,13 @@ test_device_code (Fixture *f, gconstpointer data)
   wait_code (&l);
   g_assert_nonnull (l.uri);
   g_autofree char *sd = g_strdup_printf ("{\"user_code\":\"%s\",\"count\":1}", l.user_code);
-  g_autoptr (cJSON) s1 = admin (f, "devicecode/slow_down", sd);
+  admin_ok (f, "devicecode/slow_down", sd);
   /* approve only once the slow_down answer went out (the fake's interval grows by 5) */
   gint64 deadline = g_get_monotonic_time () + 10 * G_USEC_PER_SEC;
   while (device_interval (f, l.user_code) < 6)
     g_assert_cmpint (g_get_monotonic_time (), <, deadline);
   g_autofree char *ap = g_strdup_printf ("{\"user_code\":\"%s\"}", l.user_code);
-  g_autoptr (cJSON) s2 = admin (f, "devicecode/approve", ap);
+  admin_ok (f, "devicecode/approve", ap);
   g_thread_join (t);
   g_assert_no_error (r.error);
   g_assert_true (r.ok);
@@ -694,6 +703,7 @@ test_device_code (Fixture *f, gconstpointer data)
   g_assert_nonnull (rt);
   g_autofree char *drive = graph_client_my_drive_id (client, NULL, &r.error);
   g_assert_no_error (r.error);
+  g_assert_cmpstr (drive, ==, f->fg->drive_id);
   g_autofree char *state = device_state (f, l.user_code);
   g_assert_cmpstr (state, ==, "consumed");
 
@@ -712,7 +722,7 @@ test_device_code (Fixture *f, gconstpointer data)
       wait_code (&l2);
       g_autofree char *path = g_strdup_printf ("devicecode/%s", ops[i]);
       g_autofree char *body = g_strdup_printf ("{\"user_code\":\"%s\"}", l2.user_code);
-      g_autoptr (cJSON) s3 = admin (f, path, body);
+      admin_ok (f, path, body);
       g_thread_join (t2);
       g_assert_false (r2.ok);
       g_assert_error (r2.error, GRAPH_ERROR, GRAPH_ERROR_AUTH);
@@ -734,7 +744,7 @@ static void
 test_device_code_cancel (Fixture *f, gconstpointer data)
 {
   START (f, "--synthetic", "3,1k,1");
-  g_autoptr (cJSON) settings = admin (f, "auth", "{\"device_interval\":30}");
+  admin_ok (f, "auth", "{\"device_interval\":30}");
   g_autofree char *new_file = g_build_filename (f->dir, "c", "token.json", NULL);
   g_autoptr (GraphClient) client = new_client (f, new_file);
   g_autoptr (GCancellable) cancel = g_cancellable_new ();
@@ -841,6 +851,7 @@ test_download_basic (Fixture *f, gconstpointer data)
     {
       g_autofree char *d = graph_client_my_drive_id (f->client, NULL, &error);
       g_assert_no_error (error);
+      g_assert_nonnull (d);
     }
   g_assert_cmpuint (graph_http_connections_opened (f->client->http) - opened, ==, 0);
   close (fd);
@@ -867,7 +878,7 @@ test_download_expired_url (Fixture *f, gconstpointer data)
    * (403), asks /content for a fresh one and resumes with Range where the body stopped */
   faults (f, "{\"clear\":true,\"download_url_ttl\":0.3,\"bandwidth_bps\":100000,"
              "\"download_errors\":[{\"kind\":\"truncate\",\"after_bytes\":45000,\"count\":1}]}");
-  g_autoptr (cJSON) s0 = admin (f, "stats/reset", "{}");
+  admin_ok (f, "stats/reset", "{}");
   fd = temp_fd (f);
   g_assert_true (graph_client_download (f->client, NULL, a.id, a.hash, fd, NULL, NULL, NULL, NULL, &error));
   g_assert_no_error (error);
@@ -879,7 +890,7 @@ test_download_expired_url (Fixture *f, gconstpointer data)
 
   /* a 4xx twice in a row: fail after one fresh URL, do not loop */
   faults (f, "{\"clear\":true,\"errors\":[{\"status\":404,\"route\":\"download\",\"count\":2}]}");
-  g_autoptr (cJSON) s1 = admin (f, "stats/reset", "{}");
+  admin_ok (f, "stats/reset", "{}");
   fd = temp_fd (f);
   g_assert_false (graph_client_download (f->client, NULL, a.id, a.hash, fd, NULL, NULL, NULL, NULL, &error));
   g_assert_cmpuint (graph_error_status (error), ==, 404);
@@ -965,7 +976,7 @@ test_download_faults (Fixture *f, gconstpointer data)
     {
       g_autofree char *json = g_strdup_printf ("{\"clear\":true,\"download_errors\":[{\"kind\":\"%s\",\"after_bytes\":100000,\"count\":1}]}", kinds[i]);
       faults (f, json);
-      g_autoptr (cJSON) reset = admin (f, "stats/reset", "{}");
+      admin_ok (f, "stats/reset", "{}");
       int fd = temp_fd (f);
       guint64 n = 0;
       g_assert_true (graph_client_download (f->client, NULL, a.id, a.hash, fd, NULL, NULL, NULL, &n, &error));
@@ -1000,7 +1011,7 @@ test_download_faults (Fixture *f, gconstpointer data)
   int full = open ("/dev/full", O_WRONLY | O_CLOEXEC);
   if (full >= 0)
     {
-      g_autoptr (cJSON) reset = admin (f, "stats/reset", "{}");
+      admin_ok (f, "stats/reset", "{}");
       g_assert_false (graph_client_download (f->client, NULL, a.id, a.hash, full, NULL, NULL, NULL, NULL, &error));
       g_assert_error (error, GRAPH_ERROR, GRAPH_ERROR_LOCAL_IO);
       g_assert_cmpint (graph_error_errno (error), ==, ENOSPC);
@@ -1108,6 +1119,7 @@ gate_thread (gpointer data)
   GateRun *r = data;
   g_autofree char *d = graph_client_my_drive_id (r->client, r->cancel, &r->error);
   r->returned_at = g_get_monotonic_time ();
+  g_assert_null (d);
   return NULL;
 }
 
@@ -1270,7 +1282,7 @@ test_no_secrets_in_logs (Fixture *f, gconstpointer data)
 
   f->client = new_client (f, f->token_file);
   /* a refresh (the rotated pair), a 401, retries, a download with its signed URL */
-  g_autoptr (cJSON) expired = admin (f, "tokens/expire", "{}");
+  admin_ok (f, "tokens/expire", "{}");
   faults (f, "{\"errors\":[{\"status\":500,\"route\":\"download\",\"count\":1}]}");
   int fd = temp_fd (f);
   g_assert_true (graph_client_download (f->client, NULL, a.id, a.hash, fd, NULL, NULL, NULL, NULL, &error));

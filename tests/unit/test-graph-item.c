@@ -193,7 +193,7 @@ test_hostile_names (void)
 {
   GString *json = g_string_new ("{\"value\":[");
   static const char *names[] = {
-    "a/b", "..", ".", "", "tab\\there", "del\\u007f", "nul\\u0000byte", "bad\xff" "utf8",
+    "a/b", "..", ".", "", "tab\\there", "del\\u007f", "nul\\u0000byte", "bad\xffutf8",
     "ok name (1).txt", "\xe2\x82\xac uro",
   };
   for (gsize i = 0; i < G_N_ELEMENTS (names); i++)

@@ -270,6 +270,7 @@ test_token_mode (TokenFixture *f, gconstpointer data)
   g_assert_cmpint (g_chmod (f->path, 0600), ==, 0);
   g_autoptr (GraphClient) ok = client_for (f->path, &error);
   g_assert_no_error (error);
+  g_assert_true (graph_client_has_token (ok));
 
   /* a symlink is not followed */
   g_autofree char *link = g_strconcat (f->path, ".link", NULL);

@@ -203,7 +203,7 @@ run_curl (GraphClient *client, FakeGraph *fg, GPtrArray *files, const char *dir,
     die ("writing the curl config", error);
   g_string_free (text, TRUE);
   g_autofree char *max = g_strdup_printf ("%d", opt_workers);
-  const char *argv[] = { "curl", "--silent", "--show-error", "--fail", "--parallel", "--parallel-max", max,
+  const char *argv[] = { "curl", "--no-progress-meter", "--fail", "--parallel", "--parallel-max", max,
                          "--config", cfg, NULL };
   gint status = 0;
   gint64 t0 = g_get_monotonic_time ();
@@ -332,7 +332,7 @@ main (int argc, char **argv)
     { "workers", 0, 0, G_OPTION_ARG_INT, &opt_workers, "Concurrent downloads (default 8)", "W" },
     { "cancel-rounds", 0, 0, G_OPTION_ARG_INT, &opt_rounds, "Cancel rounds (default 10)", "K" },
     { "cancel-bps", 0, 0, G_OPTION_ARG_INT64, &opt_cancel_bps, "Per-download bandwidth during cancel rounds", "BPS" },
-    { NULL },
+    G_OPTION_ENTRY_NULL,
   };
   g_autoptr (GOptionContext) ctx = g_option_context_new ("- download benchmark against tools/fake-graph");
   g_option_context_add_main_entries (ctx, entries, NULL);
