@@ -74,7 +74,9 @@ char *store_path (Store *store, guint64 ino, GError **error);
 gboolean store_usage (Store *store, guint64 *bytes, guint64 *files, GError **error);
 
 /* Removes @ino and its descendants from the mount and records them as excluded, so no later
- * run brings them back until store_clear_exclusions(). Returns the cache objects to unlink. */
+ * run brings them back until store_clear_exclusions(): later sets record their changes and new
+ * items below them, but queue nothing; their pending work is dropped. Returns the cache
+ * objects to unlink. The root cannot be excluded. */
 gboolean store_exclude (Store *store, guint64 ino, GPtrArray **cache_objects_to_remove, GError **error);
 /* Excluded items become pending downloads again. Returns how many came back. */
 gboolean store_clear_exclusions (Store *store, guint *count, GError **error);
@@ -93,7 +95,10 @@ typedef struct {
 void store_source_free (StoreSource *source);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (StoreSource, store_source_free)
 
-/* Adds or updates the source for @remote_path and the synthetic dirs above it. */
+/* Adds or updates the source for @remote_path ("/Documents/Reports": normalised, must be
+ * absolute) and the synthetic dirs above it; sources under a shared prefix share them. The
+ * source's own folder is bound to (@drive_id, @item_id) and pinned at the configured path.
+ * A different item under the same path drops the cursor. */
 gboolean store_source_ensure (Store *store, const char *remote_path, const char *drive_id,
                               const char *item_id, gint64 *source_id, GError **error);
 GPtrArray *store_sources (Store *store, GError **error);   /* StoreSource* */
@@ -147,15 +152,23 @@ typedef struct {
 void store_work_free (StoreWork *work);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (StoreWork, store_work_free)
 
-/* Up to @limit due work items with work_id > @after, in an order that is safe to apply:
- * folders before their contents, deletes before the adds that might reuse a name. */
+/* Up to @limit due work items with work_id > @after, ascending work_id, which is an order
+ * that is safe to apply: deletes first (deepest first), then folders (parents first), then
+ * moves, updates, downloads. @path follows the target parent chain (parentReference.id,
+ * never delta paths); @old_path is the published path, NULL for never-published items.
+ * Items whose name_problem is set are queued like any other, for the engine to fail them. */
 GPtrArray *store_work_next (Store *store, gint64 after, guint limit, GError **error);
 /* Counts the due work (the run's total). */
 gboolean store_work_count (Store *store, guint *count, GError **error);
 
 /* Publishes the work's new state and removes it from the queue, in one transaction.
- * @cache_object: the file now holding the verified bytes (DOWNLOAD / UPDATE), else NULL.
- * @stale_cache_objects receives cache objects no longer referenced (after UPDATE / DELETE). */
+ * @cache_object: the file now holding the verified bytes (DOWNLOAD / UPDATE of a file), else NULL.
+ * @stale_cache_objects receives cache objects no longer referenced by any item (after UPDATE /
+ * DELETE): a new array when *@stale_cache_objects is NULL, else appended to; the caller unlinks
+ * them. When a later commit superseded this work (new target: new work_id) or made it obsolete,
+ * nothing is published and @cache_object itself comes back in @stale_cache_objects (TRUE is
+ * returned): bytes for a superseded target must never show. Concurrent callers are merged
+ * into one transaction (group commit); serialising calls outside the store defeats that. */
 gboolean store_work_publish (Store *store, const StoreWork *work, const char *cache_object,
                              GPtrArray **stale_cache_objects, GError **error);
 /* The same for @n works in one transaction (cheaper per item; each still all-or-nothing).
@@ -166,7 +179,8 @@ gboolean store_work_publish_batch (Store *store, StoreWork *const *works,
                                    GPtrArray **stale_cache_objects, GPtrArray **errors,
                                    GError **error);
 /* Keeps the work queued with its error and one more attempt; the next attempt is due after a
- * backoff. @error_type: "download_error", "timeout", "hash_mismatch", "name_invalid",
+ * backoff: at once after the first failure (the next run retries), then 1, 2, 4 … minutes,
+ * capped at one hour; never abandoned. Superseded work: nothing happens. @error_type: "download_error", "timeout", "hash_mismatch", "name_invalid",
  * "too_large", "disk_full", ... */
 gboolean store_work_fail (Store *store, const StoreWork *work, const char *error_type,
                           const char *message, GError **error);

@@ -181,10 +181,13 @@ apply_publish (StoreConn *w, PubReq *req, GError **error)
   const StoreWork *work = req->work;
   int action;
   StoreKind kind;
+  gboolean same_place; /* the entry need not move: leave the directory index alone */
   g_autofree char *old_object = NULL;
   {
     g_autoptr (StoreStmt) st = store_conn_stmt (w,
-        "SELECT w.action, i.kind, i.cache_object FROM work w JOIN items i ON i.ino = w.ino"
+        "SELECT w.action, i.kind, i.cache_object,"
+        " i.parent_ino IS i.t_parent_ino AND i.name IS i.t_name"
+        " FROM work w JOIN items i ON i.ino = w.ino"
         " WHERE w.id = ?1 AND w.ino = ?2", error);
     if (st == NULL)
       return FALSE;
@@ -207,6 +210,7 @@ apply_publish (StoreConn *w, PubReq *req, GError **error)
     action = sqlite3_column_int (st, 0);
     kind = sqlite3_column_int (st, 1);
     old_object = store_col_dup (st, 2);
+    same_place = sqlite3_column_int (st, 3);
   }
 
   switch (action)
@@ -221,7 +225,12 @@ apply_publish (StoreConn *w, PubReq *req, GError **error)
                          work->work_id);
             return FALSE;
           }
-        g_autoptr (StoreStmt) st = store_conn_stmt (w,
+        g_autoptr (StoreStmt) st = same_place
+          ? store_conn_stmt (w,
+            "UPDATE items SET state = 1, size = r_size,"
+            " mtime = r_mtime, etag = r_etag, ctag = r_ctag, qxh = r_qxh, cache_object = ?2,"
+            " generation = generation + 1 WHERE ino = ?1", error)
+          : store_conn_stmt (w,
             "UPDATE items SET state = 1, parent_ino = t_parent_ino, name = t_name, size = r_size,"
             " mtime = r_mtime, etag = r_etag, ctag = r_ctag, qxh = r_qxh, cache_object = ?2,"
             " generation = generation + 1 WHERE ino = ?1", error);
@@ -238,7 +247,11 @@ apply_publish (StoreConn *w, PubReq *req, GError **error)
     case STORE_ACTION_MOVE:
     case STORE_ACTION_MKDIR:
       {
-        g_autoptr (StoreStmt) st = store_conn_stmt (w,
+        g_autoptr (StoreStmt) st = same_place
+          ? store_conn_stmt (w,
+            "UPDATE items SET generation = generation + (state <> 1), state = 1,"
+            " mtime = r_mtime, etag = r_etag, ctag = r_ctag WHERE ino = ?1", error)
+          : store_conn_stmt (w,
             "UPDATE items SET generation = generation + (state <> 1), state = 1,"
             " parent_ino = t_parent_ino, name = t_name, mtime = r_mtime, etag = r_etag,"
             " ctag = r_ctag WHERE ino = ?1", error);

@@ -5,7 +5,7 @@
  * occurrence a new seq, so the last occurrence wins and keeps its place in page order.
  *
  * store_stage_commit is ONE transaction that, set-wise in SQL (no per-item round trips):
- *   1. creates an inode for every item never seen (so children can name parents that come
+ *   1. gives an inode to every item never seen (so children can name parents that come
  *      later in the set: delta promises no order);
  *   2. resolves each item's mount parent from its parentReference.id — never from paths,
  *      which delta reports stale or not at all;
@@ -234,23 +234,36 @@ commit_locked (Store *store, gint64 source_id, const char *delta_link, gboolean 
   if (!store_conn_exec (w, "DELETE FROM temp.doomed;", error))
     return FALSE;
 
-  /* 1. An inode for every item never seen. */
-  STEP ("INSERT INTO items (drive_id, item_id, source_id, kind, state, parent_id, t_name,"
-        " r_size, r_mtime, r_etag, r_ctag, r_qxh, r_name_problem)"
-        " SELECT s.drive_id, s.item_id, ?1, s.kind, 0, s.parent_id, coalesce(s.name, ''),"
-        "  max(s.size, 0), s.mtime, s.etag, s.ctag, s.qxh, s.name_problem"
-        " FROM staged s WHERE +s.source_id = ?1 AND s.deleted = 0 AND NOT EXISTS"
-        "  (SELECT 1 FROM items i WHERE i.drive_id = s.drive_id AND i.item_id = s.item_id)"
-        " ORDER BY s.seq", "new items");
+  /* 1. Items already known keep their inode; new ones get theirs now, above every number
+   *    ever handed out (AUTOINCREMENT's high-water mark), so an inode is never reused and a
+   *    child can name a parent that comes later in the set. */
   STEP ("UPDATE staged SET ino = i.ino FROM items i WHERE +staged.source_id = ?1"
         " AND i.drive_id = staged.drive_id AND i.item_id = staged.item_id", "match items");
+  {
+    g_autoptr (StoreStmt) st = store_conn_stmt (w,
+        "UPDATE staged SET ino = seq + max("
+        "  coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'items'), 0),"
+        "  coalesce((SELECT max(ino) FROM items), 0)), is_new = 1"
+        " WHERE +source_id = ?1 AND ino IS NULL AND deleted = 0", error);
+    if (st == NULL)
+      return FALSE;
+    sqlite3_bind_int64 (st, 1, source_id);
+    if (!store_stmt_run (w, st, "new inodes", error))
+      return FALSE;
+  }
 
-  /* 2. The mount parent, from the parentReference.id chain. */
+  /* 2. The mount parent, from the parentReference.id chain: a known item or a new one. */
   STEP ("UPDATE staged SET t_parent_ino = p.ino FROM items p WHERE +staged.source_id = ?1"
         " AND staged.parent_id IS NOT NULL AND p.drive_id = staged.drive_id"
         " AND p.item_id = staged.parent_id", "parents");
+  STEP ("UPDATE staged SET t_parent_ino = p.ino FROM staged AS p WHERE +staged.source_id = ?1"
+        " AND staged.t_parent_ino IS NULL AND staged.parent_id IS NOT NULL AND p.source_id = ?1"
+        " AND p.drive_id = staged.drive_id AND p.item_id = staged.parent_id AND p.is_new",
+        "new parents");
 
   /* 3. The action, against what the mount shows. */
+  STEP ("UPDATE staged SET action = CASE kind WHEN 1 THEN 4 ELSE 0 END"
+        " WHERE +source_id = ?1 AND is_new", "new actions");
   STEP ("UPDATE staged SET action = CASE"
         "  WHEN i.state = 2 THEN NULL"
         "  WHEN staged.deleted THEN CASE WHEN i.anchored THEN NULL ELSE 3 END"
@@ -274,16 +287,34 @@ commit_locked (Store *store, gint64 source_id, const char *delta_link, gboolean 
         "  OR (i.r_qxh IS staged.qxh AND i.r_ctag IS staged.ctag AND i.r_size = max(staged.size, 0)))",
         "keep");
 
-  /* The latest remote state becomes the target; configured folders keep their place. */
+  /* New items, fully formed; until published they sit where they will show (invisible:
+   * state 0), so publishing a download does not have to move their directory entry. */
+  STEP ("INSERT INTO items (ino, drive_id, item_id, source_id, kind, state, parent_id,"
+        " t_parent_ino, t_name, r_size, r_mtime, r_etag, r_ctag, r_qxh, r_name_problem,"
+        " parent_ino, name)"
+        " SELECT ino, drive_id, item_id, ?1, kind, 0, parent_id, t_parent_ino, coalesce(name, ''),"
+        "  max(size, 0), mtime, etag, ctag, qxh, name_problem, t_parent_ino, coalesce(name, '')"
+        " FROM staged WHERE +source_id = ?1 AND is_new ORDER BY seq", "new items");
+
+  /* The latest remote state becomes the target; configured folders keep their place.
+   * Content columns and position columns are written separately: naming an indexed column
+   * in SET rewrites its index entry, and most re-reported items do not move. */
   STEP ("UPDATE items SET source_id = ?1,"
-        " parent_id = CASE WHEN items.anchored THEN items.parent_id ELSE s.parent_id END,"
-        " t_parent_ino = CASE WHEN items.anchored THEN items.t_parent_ino ELSE s.t_parent_ino END,"
-        " t_name = CASE WHEN items.anchored THEN items.t_name ELSE coalesce(s.name, '') END,"
         " r_size = max(s.size, 0), r_mtime = s.mtime, r_etag = s.etag, r_ctag = s.ctag,"
         " r_qxh = s.qxh,"
         " r_name_problem = CASE WHEN items.anchored THEN NULL ELSE s.name_problem END"
-        " FROM staged s WHERE +s.source_id = ?1 AND s.deleted = 0 AND items.ino = s.ino",
-        "targets");
+        " FROM staged s WHERE +s.source_id = ?1 AND s.deleted = 0 AND NOT s.is_new"
+        " AND items.ino = s.ino", "targets");
+  STEP ("UPDATE items SET parent_id = s.parent_id, t_parent_ino = s.t_parent_ino,"
+        " t_name = coalesce(s.name, ''),"
+        " parent_ino = CASE WHEN items.state = 1 THEN items.parent_ino ELSE s.t_parent_ino END,"
+        " name = CASE WHEN items.state = 1 THEN items.name ELSE coalesce(s.name, '') END"
+        " FROM staged s WHERE +s.source_id = ?1 AND s.deleted = 0 AND NOT s.is_new"
+        " AND items.ino = s.ino AND items.anchored = 0"
+        " AND (items.t_parent_ino IS NOT s.t_parent_ino OR items.t_name IS NOT coalesce(s.name, '')"
+        "  OR items.parent_id IS NOT s.parent_id"
+        "  OR (items.state <> 1 AND (items.parent_ino IS NOT s.t_parent_ino"
+        "      OR items.name IS NOT coalesce(s.name, ''))))", "moves");
   /* Same bytes, same place: only mtime / tags to refresh; no bytes involved, so no work. */
   STEP ("UPDATE items SET mtime = r_mtime, etag = r_etag, ctag = r_ctag FROM staged s"
         " WHERE +s.source_id = ?1 AND s.ino = items.ino AND s.action IS NULL AND s.deleted = 0"
@@ -403,7 +434,22 @@ commit_locked (Store *store, gint64 source_id, const char *delta_link, gboolean 
     if (!store_stmt_run (w, st, "cursor", error))
       return FALSE;
   }
-  STEP ("DELETE FROM staged WHERE +source_id = ?1", "clear staging");
+  /* Usually the only staged set: then an unqualified DELETE truncates the table at once. */
+  {
+    gint64 others = 0;
+    g_autoptr (StoreStmt) st = store_conn_stmt (w,
+        "SELECT EXISTS (SELECT 1 FROM staged WHERE source_id <> ?1)", error);
+    if (st == NULL)
+      return FALSE;
+    sqlite3_bind_int64 (st, 1, source_id);
+    if (sqlite3_step (st) == SQLITE_ROW)
+      others = sqlite3_column_int64 (st, 0);
+    sqlite3_reset (st);
+    if (others)
+      STEP ("DELETE FROM staged WHERE +source_id = ?1", "clear staging");
+    else if (!store_conn_exec (w, "DELETE FROM staged", error))
+      return FALSE;
+  }
   if (!store_conn_exec (w, "DELETE FROM temp.doomed", error))
     return FALSE;
   return TRUE;

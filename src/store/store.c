@@ -162,7 +162,8 @@ static const char staging_ddl[] =
   "  ino            INTEGER,"                   /* computed at commit */
   "  t_parent_ino   INTEGER,"
   "  action         INTEGER,"
-  "  keep           INTEGER NOT NULL DEFAULT 0"
+  "  keep           INTEGER NOT NULL DEFAULT 0,"
+  "  is_new         INTEGER NOT NULL DEFAULT 0"
   ");"
   "CREATE UNIQUE INDEX temp.staged_item ON staged (source_id, drive_id, item_id);"
   "CREATE TEMP TABLE doomed (ino INTEGER PRIMARY KEY, depth INTEGER NOT NULL);"
@@ -589,8 +590,8 @@ store_open (const char *path, GError **error)
     return NULL;
   if (!migrate (store, error))
     return NULL;
-  /* Scratch space (staging, commit): cached in memory, spilling to a temp file when large. */
-  if (!store_conn_exec (store->writer, "PRAGMA temp.cache_size = -65536", error) ||
+  /* Scratch space (staging, commit) lives in memory: about 250 bytes per staged item. */
+  if (!store_conn_exec (store->writer, "PRAGMA temp_store = MEMORY", error) ||
       !store_conn_exec (store->writer, staging_ddl, error))
     return NULL;
   if (!mark_interrupted_runs (store, error))

@@ -159,3 +159,28 @@ def test_broken_bodies(fake, tree, kind):
     # the rule was used up: the next download is whole
     r, _ = fake.download("/Docs/Reports/q2.bin")
     assert r.status == 200 and r.body == data
+
+
+def test_lifting_the_cap_releases_downloads_in_flight(fake_factory):
+    import threading
+    f = fake_factory("--synthetic", "1,1M,0")
+    f.faults(bandwidth_bps=20000)                       # 1 MiB would take ~52 s
+    r = f.get("/me/drive/root:/file-000000.bin:/content")
+    result = {}
+
+    def fetch():
+        result["r"] = request(r.header("Location"))
+
+    t = threading.Thread(target=fetch)
+    t0 = time.monotonic()
+    t.start()
+    deadline = time.monotonic() + 10
+    while f.stats()["bytes_served"] == 0:              # in flight: the first chunks went out
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert t.is_alive()
+    f.faults(bandwidth_bps=0)
+    t.join(30)
+    assert not t.is_alive()
+    assert len(result["r"].body) == 1 << 20
+    assert time.monotonic() - t0 < 20

@@ -28,11 +28,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define UNIVERSE 600
+#define UNIVERSE 400
 #define FOLDERS  8
-#define SET_SIZE 200
+#define SET_SIZE 150
 #define PAGE     40
-#define ROUNDS   36
+#define ROUNDS   30
 
 typedef struct {
   gboolean present;

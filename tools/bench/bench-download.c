@@ -203,7 +203,7 @@ run_curl (GraphClient *client, FakeGraph *fg, GPtrArray *files, const char *dir,
     die ("writing the curl config", error);
   g_string_free (text, TRUE);
   g_autofree char *max = g_strdup_printf ("%d", opt_workers);
-  const char *argv[] = { "curl", "--silent", "--show-error", "--fail", "--parallel", "--parallel-max", max,
+  const char *argv[] = { "curl", "--no-progress-meter", "--fail", "--parallel", "--parallel-max", max,
                          "--config", cfg, NULL };
   gint status = 0;
   gint64 t0 = g_get_monotonic_time ();

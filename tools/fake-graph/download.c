@@ -8,7 +8,7 @@
  * Bodies go out with sendfile (MHD_create_response_from_fd_at_offset64) unless the test
  * asked for a bandwidth cap or a broken body, which need a content callback: it sleeps to
  * hold the cap (the listener runs a thread per connection, so sleeping blocks only this
- * download) and ends the body early, with a TCP reset or a plain close, where told to.
+ * download; the cap is re-read every chunk, so lifting it releases downloads in flight) and ends the body early, with a TCP reset or a plain close, where told to.
  */
 #define G_LOG_DOMAIN "fake-graph"
 
@@ -52,7 +52,8 @@ typedef struct {
   int               fd;
   guint64           base;       /* file offset of byte 0 of this body */
   guint64           len;
-  guint64           cap;        /* bytes per second, 0 = none */
+  guint64           cap;        /* bytes per second, 0 = none; follows the fault setting */
+  guint64           cap_pos;    /* body position where the current cap started */
   FakeDownloadRule *rule;
   gint64            start;      /* monotonic µs */
   struct MHD_Connection *conn;
@@ -101,11 +102,24 @@ stream_read (void *cls, uint64_t pos, char *buf, size_t max)
         }
       n = (size_t) MIN ((guint64) n, s->rule->after_bytes - pos);
     }
+  guint64 cap;
+  {
+    /* Read each chunk, so a test can slow a download down, or release held downloads by
+     * lifting the cap, while they are in flight. */
+    g_autoptr(GMutexLocker) locker = g_mutex_locker_new (&s->server->faults.lock);
+    cap = s->server->faults.bandwidth_bps;
+  }
+  if (cap != s->cap)
+    {
+      s->cap = cap;
+      s->cap_pos = pos;
+      s->start = g_get_monotonic_time ();
+    }
   if (s->cap > 0)
     {
       guint64 chunk = MAX (s->cap / 20, (guint64) 1);
       n = (size_t) MIN ((guint64) n, chunk);
-      gint64 due = s->start + (gint64) ((double) (pos + n) * G_USEC_PER_SEC / (double) s->cap);
+      gint64 due = s->start + (gint64) ((double) (pos - s->cap_pos + n) * G_USEC_PER_SEC / (double) s->cap);
       gint64 now = g_get_monotonic_time ();
       if (due > now)
         g_usleep ((gulong) (due - now));
