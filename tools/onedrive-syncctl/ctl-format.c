@@ -280,7 +280,7 @@ append_progress (GString *s, const CtlProgress *p)
     g_string_append (s, "-");
 }
 
-/* A run object (the last run, or the top level) as one line. */
+/* The run the document describes (the current one, or the last) as one line. */
 static void
 append_run_line (GString *s, const cJSON *run, gint64 now_us)
 {
@@ -373,14 +373,6 @@ ctl_format_status (const cJSON *status, gint64 now_us)
           g_string_append_printf (s, "%s%s", n ? ", " : "", path);
           n++;
         }
-      g_string_append_c (s, '\n');
-    }
-
-  const cJSON *last = cJSON_GetObjectItemCaseSensitive (status, "last_run");
-  if (cJSON_IsObject (last))
-    {
-      g_string_append (s, "Last run:  ");
-      append_run_line (s, last, now_us);
       g_string_append_c (s, '\n');
     }
 

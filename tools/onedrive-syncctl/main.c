@@ -186,12 +186,7 @@ print_run_summary (const cJSON *status)
 {
   CtlProgress p;
   ctl_status_progress (status, &p);
-  const char *state = ctl_status_state (status);
-  const cJSON *last = cJSON_GetObjectItemCaseSensitive (status, "last_run");
-  /* When the top level is idle the result lives in last_run (if the document has one). */
-  if (!ctl_state_is_terminal (state) && cJSON_IsObject (last))
-    state = ctl_status_state (last);
-  g_autoptr (GString) s = g_string_new (state);
+  g_autoptr (GString) s = g_string_new (ctl_status_state (status));
   if (p.items_done >= 0)
     {
       g_string_append_printf (s, ": %" G_GINT64_FORMAT, p.items_done);
@@ -210,21 +205,11 @@ print_run_summary (const cJSON *status)
   fflush (stdout);
 }
 
-/* The final state of the run named by (@before_key, saw-syncing): see the essay on top. */
-static const char *
-result_state (const cJSON *status)
-{
-  const char *state = ctl_status_state (status);
-  if (ctl_state_is_terminal (state))
-    return state;
-  const cJSON *last = cJSON_GetObjectItemCaseSensitive (status, "last_run");
-  if (strcmp (state, "idle") == 0 && cJSON_IsObject (last))
-    return ctl_status_state (last);
-  return state;
-}
-
-/* Waits until the run that is (or was just) active has ended; returns its exit code.
- * @before_key: the run key read before a start (NULL when unknown or not starting). */
+/* Waits until the run that is (or was just) active has ended; returns its exit code. The
+ * status document describes the current run, or the last one when none is active
+ * (docs/status.md), so the top-level state is the result once it is not "syncing".
+ * @before_key: the run key read before our start; with @require_new_run a terminal state is
+ * only taken once the document shows a run other than that one (see the essay on top). */
 static int
 wait_for_end (const char *mount, const char *before_key, gboolean require_new_run)
 {
@@ -249,10 +234,7 @@ wait_for_end (const char *mount, const char *before_key, gboolean require_new_ru
         {
           close (fd);
           print_run_summary (status);
-          const char *final = result_state (status);
-          if (strcmp (final, "idle") == 0)
-            return CTL_EXIT_OK;    /* nothing ran (cancel --wait with no run) */
-          return ctl_exit_for_state (final);
+          return ctl_exit_for_state (state);
         }
       struct pollfd pfd = { .fd = fd, .events = POLLIN | POLLPRI };
       while (poll (&pfd, 1, WAIT_POLL_MS) < 0 && errno == EINTR)
