@@ -170,6 +170,9 @@ struct _FsMount {
 
   GMutex      open_lock;
   GHashTable *open_generations;       /* fuse ino → OpenGeneration*, protected by open_lock */
+  /* Every handle given to the kernel → its destroy function, protected by open_lock. After a
+   * lazy unmount no release comes for files still open: teardown frees what is left. */
+  GHashTable *live_handles;
 
   GAsyncQueue *notes;                 /* Note* for the invalidation thread */
   GThread     *thread;
@@ -675,6 +678,37 @@ dir_handle_free (DirHandle *d)
   g_free (d);
 }
 
+/* Registered before the reply that hands @h to the kernel: its release may run at once. */
+static void
+track (FsMount *m, gpointer h, GDestroyNotify destroy)
+{
+  g_mutex_lock (&m->open_lock);
+  g_hash_table_insert (m->live_handles, h, (gpointer) destroy);
+  g_mutex_unlock (&m->open_lock);
+}
+
+static void
+untrack (FsMount *m, gpointer h)
+{
+  g_mutex_lock (&m->open_lock);
+  g_hash_table_remove (m->live_handles, h);
+  g_mutex_unlock (&m->open_lock);
+}
+
+/* Replies to an open or opendir whose handle is tracked; drops it when the opener is gone. */
+static void
+reply_open_tracked (fuse_req_t req, FsMount *m, struct fuse_file_info *fi, gpointer h,
+                    GDestroyNotify destroy)
+{
+  track (m, h, destroy);
+  if (fuse_reply_open (req, fi) != 0)
+    {
+      /* The opener went away (interrupted): no release will come for this handle. */
+      untrack (m, h);
+      destroy (h);
+    }
+}
+
 static void
 fs_opendir (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
@@ -705,14 +739,8 @@ fs_opendir (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
           fuse_reply_err (req, ENOTDIR);
           return;
         }
-      /* One snapshot per opendir: offsets stay meaningful while the engine publishes. */
-      d->entries = store_readdir (m->store, ino, &error);
-      if (d->entries == NULL)
-        {
-          dir_handle_free (d);
-          fuse_reply_err (req, errno_from_error (error));
-          return;
-        }
+      /* The children are read at the first readdir, not here: when the kernel serves the
+       * listing from its cache (cache_readdir) no readdir comes and nothing is read. */
       d->is_root = ino == FUSE_ROOT_ID;
       g_auto (StoreEntry) self = { 0 };
       d->parent_ino = (d->is_root || !store_getattr (m->store, ino, &self, NULL))
@@ -725,7 +753,7 @@ fs_opendir (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
       fi->keep_cache = 1;
     }
   fi->fh = (uint64_t) (uintptr_t) d;
-  fuse_reply_open (req, fi);
+  reply_open_tracked (req, m, fi, d, (GDestroyNotify) dir_handle_free);
 }
 
 /* Position i of a listing: 0 ".", 1 "..", then (root) ".sync", then the children. A child
@@ -736,6 +764,18 @@ do_readdir (fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_
 {
   FsMount *m = fuse_req_userdata (req);
   DirHandle *d = (DirHandle *) (uintptr_t) fi->fh;
+  if (d->entries == NULL)
+    {
+      /* One snapshot per open directory: offsets stay meaningful while the engine publishes.
+       * readdir calls on one handle are serialised by the kernel. */
+      g_autoptr (GError) error = NULL;
+      d->entries = store_readdir (m->store, d->self_ino, &error);
+      if (d->entries == NULL)
+        {
+          fuse_reply_err (req, errno_from_error (error));
+          return;
+        }
+    }
   g_autofree char *buf = g_malloc (size);
   size_t used = 0;
   guint n_extra = d->is_control ? G_N_ELEMENTS (control_files) + (d->has_remote_shadow ? 1 : 0)
@@ -820,6 +860,8 @@ fs_readdirplus (fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct f
 static void
 fs_releasedir (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+  FsMount *m = fuse_req_userdata (req);
+  untrack (m, (gpointer) (uintptr_t) fi->fh);
   dir_handle_free ((DirHandle *) (uintptr_t) fi->fh);
   fuse_reply_err (req, 0);
 }
@@ -854,6 +896,38 @@ open_generation_unref (FsMount *m, guint64 fino)
 }
 
 static void open_control (fuse_req_t req, FsMount *m, int id, struct fuse_file_info *fi);
+
+static gboolean
+handles_remove (GPtrArray *handles, gpointer h)
+{
+  return g_ptr_array_remove_fast (handles, h);
+}
+
+static void
+file_handle_free (FileHandle *h)
+{
+  if (h->fd >= 0)
+    close (h->fd);
+  g_free (h);
+}
+
+static void
+status_handle_free (StatusHandle *h)
+{
+  if (h->ph != NULL)
+    fuse_pollhandle_destroy (h->ph);
+  g_free (h->json);
+  g_free (h);
+}
+
+static void
+events_handle_free (EventsHandle *h)
+{
+  if (h->ph != NULL)
+    fuse_pollhandle_destroy (h->ph);
+  g_string_free (h->buffered, TRUE);
+  g_free (h);
+}
 
 static void
 fs_open (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -927,13 +1001,13 @@ fs_open (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
       /* This inode's pages can only ever hold this generation's bytes. */
       fi->keep_cache = 1;
       fi->noflush = 1;
+      track (m, h, (GDestroyNotify) file_handle_free);
       if (fuse_reply_open (req, fi) != 0)
         {
           /* The opener went away (interrupted): no release will come for this handle. */
+          untrack (m, h);
           open_generation_unref (m, ino);
-          if (fd >= 0)
-            close (fd);
-          g_free (h);
+          file_handle_free (h);
         }
       return;
     }
@@ -984,10 +1058,9 @@ fs_release (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
       return;
     }
   FileHandle *h = (FileHandle *) (uintptr_t) fi->fh;
+  untrack (m, h);
   open_generation_unref (m, h->fuse_ino);
-  if (h->fd >= 0)
-    close (h->fd);
-  g_free (h);
+  file_handle_free (h);
   fuse_reply_err (req, 0);
 }
 
@@ -1020,9 +1093,9 @@ open_control (fuse_req_t req, FsMount *m, int id, struct fuse_file_info *fi)
         }
       fi->direct_io = 1;
       fi->nonseekable = 1;
-      fi->fh = (uint64_t) (uintptr_t) g_new0 (CommandHandle, 1);
-      if (fuse_reply_open (req, fi) != 0)
-        g_free ((CommandHandle *) (uintptr_t) fi->fh);
+      CommandHandle *ch = g_new0 (CommandHandle, 1);
+      fi->fh = (uint64_t) (uintptr_t) ch;
+      reply_open_tracked (req, m, fi, ch, g_free);
       return;
 
     case CTL_STATUS:
@@ -1042,7 +1115,15 @@ open_control (fuse_req_t req, FsMount *m, int id, struct fuse_file_info *fi)
          * snapshot of its own open. */
         fi->direct_io = 1;
         fi->fh = (uint64_t) (uintptr_t) h;
-        fuse_reply_open (req, fi);
+        track (m, h, (GDestroyNotify) status_handle_free);
+        if (fuse_reply_open (req, fi) != 0)
+          {
+            untrack (m, h);
+            g_mutex_lock (&m->lock);
+            handles_remove (m->status_handles, h);
+            g_mutex_unlock (&m->lock);
+            status_handle_free (h);
+          }
         return;
       }
 
@@ -1062,7 +1143,15 @@ open_control (fuse_req_t req, FsMount *m, int id, struct fuse_file_info *fi)
         fi->direct_io = 1;
         fi->nonseekable = 1;
         fi->fh = (uint64_t) (uintptr_t) h;
-        fuse_reply_open (req, fi);
+        track (m, h, (GDestroyNotify) events_handle_free);
+        if (fuse_reply_open (req, fi) != 0)
+          {
+            untrack (m, h);
+            g_mutex_lock (&m->lock);
+            handles_remove (m->events_handles, h);
+            g_mutex_unlock (&m->lock);
+            events_handle_free (h);
+          }
         return;
       }
 
@@ -1087,12 +1176,6 @@ open_control (fuse_req_t req, FsMount *m, int id, struct fuse_file_info *fi)
     }
 }
 
-static gboolean
-handles_remove (GPtrArray *handles, gpointer h)
-{
-  return g_ptr_array_remove_fast (handles, h);
-}
-
 static int run_command (FsMount *m, int id, const char *buf, size_t size);
 
 static void
@@ -1103,25 +1186,21 @@ release_control (fuse_req_t req, FsMount *m, int id, struct fuse_file_info *fi)
     case CTL_STATUS:
       {
         StatusHandle *h = (StatusHandle *) (uintptr_t) fi->fh;
+        untrack (m, h);
         g_mutex_lock (&m->lock);
         handles_remove (m->status_handles, h);
         g_mutex_unlock (&m->lock);
-        if (h->ph != NULL)
-          fuse_pollhandle_destroy (h->ph);
-        g_free (h->json);
-        g_free (h);
+        status_handle_free (h);
         break;
       }
     case CTL_EVENTS:
       {
         EventsHandle *h = (EventsHandle *) (uintptr_t) fi->fh;
+        untrack (m, h);
         g_mutex_lock (&m->lock);
         handles_remove (m->events_handles, h);
         g_mutex_unlock (&m->lock);
-        if (h->ph != NULL)
-          fuse_pollhandle_destroy (h->ph);
-        g_string_free (h->buffered, TRUE);
-        g_free (h);
+        events_handle_free (h);
         break;
       }
     case CTL_CHANGES:
@@ -1136,6 +1215,7 @@ release_control (fuse_req_t req, FsMount *m, int id, struct fuse_file_info *fi)
          * closes the first fd before echo writes, and that close flushes too. A refusal
          * cannot reach close() from here; the engine records it as last_rejected_start. */
         CommandHandle *h = (CommandHandle *) (uintptr_t) fi->fh;
+        untrack (m, h);
         if (!h->wrote && (fi->flags & O_ACCMODE) != O_RDONLY && m->engine != NULL)
           run_command (m, id, "", 0);
         g_free (h);
@@ -1648,6 +1728,7 @@ fs_mount_new (const FsConfig *config, char **fuse_argv, const char *mountpoint, 
   m->status_handles = g_ptr_array_new ();
   m->events_handles = g_ptr_array_new ();
   m->open_generations = g_hash_table_new_full (g_int64_hash, g_int64_equal, g_free, g_free);
+  m->live_handles = g_hash_table_new (g_direct_hash, g_direct_equal);
   m->notes = g_async_queue_new ();
 
   int argc = (int) g_strv_length (fuse_argv);
@@ -1743,6 +1824,13 @@ fs_mount_free (FsMount *m)
         fuse_session_unmount (m->se);
       fuse_session_destroy (m->se);
     }
+  /* No request can come any more: free what the kernel never released. */
+  GHashTableIter iter;
+  gpointer h, destroy;
+  g_hash_table_iter_init (&iter, m->live_handles);
+  while (g_hash_table_iter_next (&iter, &h, &destroy))
+    ((GDestroyNotify) destroy) (h);
+  g_hash_table_unref (m->live_handles);
   g_async_queue_unref (m->notes);
   g_ptr_array_unref (m->status_handles);
   g_ptr_array_unref (m->events_handles);

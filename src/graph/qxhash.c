@@ -15,24 +15,60 @@ graph_qxhash_init (GraphQxHash *h)
   memset (h, 0, sizeof *h);
 }
 
-void
-graph_qxhash_update (GraphQxHash *h, const void *data, size_t len)
+/* Applies @len bytes one by one from bit offset *@bitp (the definition, and the path for short
+ * inputs). */
+static void
+apply_bytes (guint8 acc[GRAPH_QXHASH_LEN], guint *bitp, const guint8 *p, size_t len)
 {
-  const guint8 *p = data;
-  guint bit = h->bit;
+  guint bit = *bitp;
 
   /* Each byte lands at a bit offset that advances by 11 modulo 160. When the offset is
    * not byte-aligned the byte straddles two accumulator bytes; byte 19 wraps to byte 0. */
   for (size_t i = 0; i < len; i++)
     {
       guint idx = bit >> 3, off = bit & 7;
-      h->acc[idx] ^= (guint8) (p[i] << off);
+      acc[idx] ^= (guint8) (p[i] << off);
       if (off != 0)
-        h->acc[idx == GRAPH_QXHASH_LEN - 1 ? 0 : idx + 1] ^= (guint8) (p[i] >> (8 - off));
+        acc[idx == GRAPH_QXHASH_LEN - 1 ? 0 : idx + 1] ^= (guint8) (p[i] >> (8 - off));
       bit += QX_SHIFT;
       if (bit >= QX_WIDTH_BITS)
         bit -= QX_WIDTH_BITS;
     }
+  *bitp = bit;
+}
+
+/* Bytes 160 apart land on the same bit offset (11 * 160 is a multiple of 160), and XOR is
+ * linear, so a long input is first folded into 160 bytes — block by block, 64 bits at a time,
+ * at memory speed — and each folded byte is then applied once. Applying 160 bytes advances the
+ * offset by a whole turn, so the tail continues from the offset the call started at. */
+#define QX_FOLD 160
+
+void
+graph_qxhash_update (GraphQxHash *h, const void *data, size_t len)
+{
+  const guint8 *p = data;
+  guint bit = h->bit;
+
+  if (len >= 2 * QX_FOLD)
+    {
+      guint64 fold[QX_FOLD / 8] = { 0 };
+      size_t blocks = len / QX_FOLD;
+      for (size_t b = 0; b < blocks; b++)
+        {
+          const guint8 *blk = p + b * QX_FOLD;
+          for (guint w = 0; w < QX_FOLD / 8; w++)
+            {
+              guint64 v;
+              memcpy (&v, blk + 8 * w, sizeof v);
+              fold[w] ^= v;
+            }
+        }
+      apply_bytes (h->acc, &bit, (const guint8 *) fold, QX_FOLD);
+      p += blocks * QX_FOLD;
+      len -= blocks * QX_FOLD;
+      h->length += blocks * QX_FOLD;
+    }
+  apply_bytes (h->acc, &bit, p, len);
   h->bit = bit;
   h->length += len;
 }

@@ -159,6 +159,21 @@ def test_events_in_order_nothing_lost(drive_dir, fake, mount):
     mount.stop()
 
 
+def test_slow_events_reader_is_told_what_it_lost(drive_dir, fake, mount):
+    # Two events per file (started, published) overflow the engine's ring of 4096 events
+    # while this reader reads nothing.
+    for d in range(21):
+        (drive_dir / f"d{d:02}").mkdir()
+        for i in range(100):
+            (drive_dir / f"d{d:02}" / f"{i:03}.txt").write_bytes(b"%d" % i)
+    mount.start()
+    with open(mount.sync / "events", "rb", buffering=0) as ev:
+        mount.sync_and_wait(timeout=300)
+        first = json.loads(ev.read(65536).split(b"\n", 1)[0])
+    assert first["event"] == "events_lost" and first["count"] > 0, first
+    mount.stop()
+
+
 def test_blocked_events_reader_is_interruptible(drive_dir, fake, mount):
     mount.start()
     r = subprocess.run(["timeout", "-s", "INT", "0.5", "cat", mount.sync / "events"], capture_output=True)

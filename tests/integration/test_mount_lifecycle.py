@@ -143,6 +143,27 @@ def test_sigterm_during_run(drive_dir, fake, mount):
     mount.stop()
 
 
+def test_sigterm_with_files_open(drive_dir, fake, mount):
+    """Files, folders and control files still open when the daemon stops: it exits 0 and
+    (under ASan) frees every handle the kernel will never release."""
+    (drive_dir / "f.txt").write_bytes(b"x" * 10000)
+    mount.start()
+    mount.sync_and_wait()
+    f = open(mount.mnt / "f.txt", "rb")
+    f.read(10)
+    st = open(mount.sync / "status")
+    ev = open(mount.sync / "events", "rb")
+    d = os.open(mount.mnt, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        mount.signal(signal.SIGTERM)
+        mount.wait_exit(30, expect=0)
+    finally:
+        f.close()
+        st.close()
+        ev.close()
+        os.close(d)
+
+
 def test_sigkill_during_run_then_remount(drive_dir, fake, mount):
     slow(fake, drive_dir, files=8)
     mount.start()
@@ -155,6 +176,19 @@ def test_sigkill_during_run_then_remount(drive_dir, fake, mount):
     assert mount.status()["state"] == "interrupted"
     mount.sync_and_wait()
     assert mounted_tree(mount.mnt) == remote_tree(drive_dir)
+    mount.stop()
+
+
+def test_periodic_sync(drive_dir, fake, mount):
+    (drive_dir / "p.txt").write_bytes(b"periodic")
+    mount.options.append("sync_interval=1")
+    mount.start()
+    # Nobody writes .sync/start: the timer does.
+    mount.wait_status(lambda s: s["state"] == "completed", 60, "a periodic run")
+    assert (mount.mnt / "p.txt").read_bytes() == b"periodic"
+    fake.add("/q.txt", b"later")
+    mount.wait_status(lambda s: s["state"] == "completed" and (mount.mnt / "q.txt").exists(), 60,
+                      "the next periodic run")
     mount.stop()
 
 
