@@ -618,6 +618,7 @@ download_before_attempt (GraphHttpRequest *request, gpointer user, GError **erro
   request->range_from = d->offset;
   request->progress_base = d->offset;
   d->bad_range = FALSE;
+  d->expected_end = 0;
   return TRUE;
 }
 
@@ -675,8 +676,8 @@ graph_client_download (GraphClient *client, const char *drive_id, const char *it
         goto out;
 
       GraphCall call = {
-        .http = { .url = location, .what = what_download, .secret_url = TRUE, .sink = download_sink, .sink_data = &d,
-                  .progress = progress, .progress_data = user_data },
+        .http = { .url = location, .what = what_download, .secret_url = TRUE, .follow = TRUE,
+                  .sink = download_sink, .sink_data = &d, .progress = progress, .progress_data = user_data },
         .authenticated = FALSE,  /* never send the token to the download host */
         .before_attempt = download_before_attempt,
         .data = &d,
@@ -685,7 +686,19 @@ graph_client_download (GraphClient *client, const char *drive_id, const char *it
         {
           g_clear_error (&local);
           if (graph_client_call (client, &call, &response, cancel, &local))
-            break;
+            {
+              if (response.status != 200 && response.status != 206)
+                g_set_error (&local, GRAPH_ERROR, GRAPH_ERROR_PARSE, "%s: unexpected HTTP %u",
+                             what_download, response.status);
+              /* An empty 200 never reached the sink, which truncates a stale prefix. */
+              int errsv = 0;
+              if (response.status == 200 && response.sunk == 0 && d.offset > 0 && !download_truncate (&d, &errsv))
+                {
+                  graph_set_io_error (error, errsv, "truncating the download file");
+                  goto out;
+                }
+              break;
+            }
           /* Asked for a range past the end: complete already, or a longer stale file. */
           if (graph_error_status (local) == 416)
             {
@@ -710,9 +723,17 @@ graph_client_download (GraphClient *client, const char *drive_id, const char *it
             }
           if (d.bad_range)
             {
+              /* A 206 for some other range than the one asked: start over without Range. */
               g_clear_error (&local);
               g_set_error (&local, GRAPH_ERROR, GRAPH_ERROR_PARSE,
                            "%s: the partial answer does not start at byte %" G_GUINT64_FORMAT, what_download, d.offset);
+              int errsv = 0;
+              if (!download_truncate (&d, &errsv))
+                {
+                  graph_set_io_error (error, errsv, "truncating the download file");
+                  goto out;
+                }
+              continue;
             }
           break;
         }

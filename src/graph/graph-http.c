@@ -315,7 +315,16 @@ setup_easy (Transfer *t, struct curl_slist **headers, char *errbuf)
   SET (CURLOPT_URL, r->url);
   SET (CURLOPT_SHARE, http->share);
   SET (CURLOPT_PROTOCOLS_STR, "http,https");
-  SET (CURLOPT_FOLLOWLOCATION, 0L);  /* redirects are followed by the caller, without auth */
+  /* Redirects of authenticated requests are followed by the caller, without the token; a
+   * request that carries no credential at all may let libcurl follow a few. */
+  if (r->follow && r->bearer == NULL)
+    {
+      SET (CURLOPT_FOLLOWLOCATION, 1L);
+      SET (CURLOPT_MAXREDIRS, 3L);
+      SET (CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+    }
+  else
+    SET (CURLOPT_FOLLOWLOCATION, 0L);
   SET (CURLOPT_NOSIGNAL, 1L);
   SET (CURLOPT_USERAGENT, "onedrive-syncfs/" PACKAGE_VERSION);
   SET (CURLOPT_HTTP_VERSION, (long) CURL_HTTP_VERSION_2TLS);

@@ -106,6 +106,7 @@ typedef struct {
   guint64       range_from;  /* > 0: Range: bytes=N- */
   gboolean      json;        /* Accept: application/json, compressed transfer allowed */
   gboolean      secret_url;  /* the URL itself is a credential (download URLs): log its origin only */
+  gboolean      follow;      /* let libcurl follow redirects; only ever without a bearer */
   GraphSinkFunc sink;        /* 2xx bodies go here when set */
   gpointer      sink_data;
   GraphProgressFunc progress;

@@ -239,6 +239,36 @@ commit_locked (Store *store, gint64 source_id, const char *delta_link, gboolean 
    *    child can name a parent that comes later in the set. */
   STEP ("UPDATE staged SET ino = i.ino FROM items i WHERE +staged.source_id = ?1"
         " AND i.drive_id = staged.drive_id AND i.item_id = staged.item_id", "match items");
+  /* A folder that a synthetic directory stands for (a source "/A/B" configured before "/"
+   * showed the real "A") takes that directory over, so the mount does not show two "A"s. */
+  {
+    gint64 synthetic = 0;
+    g_autoptr (StoreStmt) st = store_conn_stmt (w,
+        "SELECT EXISTS (SELECT 1 FROM items WHERE item_id IS NULL AND ino <> 1)", error);
+    if (st == NULL)
+      return FALSE;
+    if (sqlite3_step (st) == SQLITE_ROW)
+      synthetic = sqlite3_column_int64 (st, 0);
+    sqlite3_reset (st);
+    for (int round = 0; synthetic && round < MAX_DEPTH; round++)
+      {
+        int changes = 0;
+        if (!run_sql (w, "UPDATE items SET drive_id = s.drive_id, item_id = s.item_id,"
+                         " source_id = ?1, anchored = 0, parent_id = s.parent_id"
+                         " FROM staged s WHERE +s.source_id = ?1 AND s.ino IS NULL AND s.deleted = 0"
+                         " AND s.kind = 1 AND items.item_id IS NULL AND items.ino <> 1"
+                         " AND items.t_name = s.name AND items.t_parent_ino ="
+                         "  (SELECT p.ino FROM items p WHERE p.drive_id = s.drive_id"
+                         "   AND p.item_id = s.parent_id)",
+                      source_id, "bind synthetic", &changes, error))
+          return FALSE;
+        if (changes == 0)
+          break;
+        STEP ("UPDATE staged SET ino = i.ino FROM items i WHERE +staged.source_id = ?1"
+              " AND staged.ino IS NULL AND i.drive_id = staged.drive_id"
+              " AND i.item_id = staged.item_id", "match bound");
+      }
+  }
   {
     g_autoptr (StoreStmt) st = store_conn_stmt (w,
         "UPDATE staged SET ino = seq + max("

@@ -179,6 +179,19 @@ def test_sigkill_during_run_then_remount(drive_dir, fake, mount):
     mount.stop()
 
 
+def test_periodic_sync(drive_dir, fake, mount):
+    (drive_dir / "p.txt").write_bytes(b"periodic")
+    mount.options.append("sync_interval=1")
+    mount.start()
+    # Nobody writes .sync/start: the timer does.
+    mount.wait_status(lambda s: s["state"] == "completed", 60, "a periodic run")
+    assert (mount.mnt / "p.txt").read_bytes() == b"periodic"
+    fake.add("/q.txt", b"later")
+    mount.wait_status(lambda s: s["state"] == "completed" and (mount.mnt / "q.txt").exists(), 60,
+                      "the next periodic run")
+    mount.stop()
+
+
 def test_offline_mount_serves_cache(drive_dir, fake, mount):
     (drive_dir / "cached.txt").write_bytes(b"from the cache")
     mount.start()

@@ -573,6 +573,28 @@ test_drive_root_source (Fixture *f, gconstpointer data)
 }
 
 static void
+test_synthetic_taken_over (Fixture *f, gconstpointer data)
+{
+  /* "/A/B" configured first: "A" is synthetic. Then "/" shows the real "A". */
+  add_source (f, "/A/B", "B");
+  guint64 synthetic_a = resolve (f, "/A");
+  guint64 anchored_b = resolve (f, "/A/B");
+  gint64 root = add_source (f, "/", "ROOT");
+  GPtrArray *set = items_new ();
+  g_ptr_array_add (set, mk_file ("x", "B", "x.txt", "hx"));
+  g_ptr_array_add (set, mk_dir ("B", "A", "B"));
+  g_ptr_array_add (set, mk_dir ("A", "ROOT", "A"));
+  g_ptr_array_add (set, mk_dir ("C", "ROOT", "C"));
+  commit_set (f, root, set, "l", FALSE);
+  publish_all (f);
+  g_autofree char *names = readdir_names (f, STORE_ROOT_INO);
+  g_assert_cmpstr (names, ==, "A C");
+  g_assert_cmpuint (resolve (f, "/A"), ==, synthetic_a);
+  g_assert_cmpuint (resolve (f, "/A/B"), ==, anchored_b);
+  g_assert_cmpuint (resolve (f, "/A/B/x.txt"), !=, 0);
+}
+
+static void
 test_exclusions (Fixture *f, gconstpointer data)
 {
   GError *error = NULL;
@@ -806,6 +828,7 @@ main (int argc, char **argv)
   T ("/store/sources/overlap", test_overlap);
   T ("/store/sources/synthetic-dirs", test_synthetic_dirs);
   T ("/store/sources/drive-root", test_drive_root_source);
+  T ("/store/sources/synthetic-taken-over", test_synthetic_taken_over);
   T ("/store/fs/exclusions", test_exclusions);
   T ("/store/concurrency/readers-and-publishers", test_concurrent);
   return g_test_run ();

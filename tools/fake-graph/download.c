@@ -332,8 +332,8 @@ fake_download_handler (void *cls, struct MHD_Connection *conn, const char *url, 
           s->rule = drule;
           s->start = g_get_monotonic_time ();
           s->conn = conn;
+          /* stream_read counts the bytes as they go out. */
           resp = MHD_create_response_from_callback (len, 64 * 1024, stream_read, s, stream_free);
-          req->counted = TRUE;
         }
       else
         {

@@ -336,7 +336,6 @@ typedef struct {
 typedef struct {
   GString  *body;
   FakeRoute route;
-  gboolean  counted;          /* bytes are counted by the content callback */
   guint64   planned_bytes;    /* sendfile bodies: counted when queued, taken back if they fail */
   FakeItem *item;             /* download target, for per-item byte counts */
 } FakeRequest;

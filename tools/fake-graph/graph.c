@@ -3,8 +3,9 @@
  * Every /v1.0 request goes through the same gate, in this order: count it (and check it
  * against the Retry-After window), wait the configured latency, check the bearer token,
  * apply any error rule that fires, then answer. Paths arrive undecoded (the daemon's
- * unescape callback is a no-op) so that path addressing can split on '/' and ':' before
- * decoding each segment: a name may contain "%2F"-free but otherwise arbitrary bytes.
+ * unescape callback is a no-op) so that path addressing can split on '/' and ':' first and
+ * decode each segment after: a name may hold '#', '%', '+' or ' ', and an escaped byte must
+ * never be mistaken for a separator.
  *
  * Delta tokens and skiptokens are base64url text naming a server instance, an epoch and a
  * position; they are opaque to clients and answer 410 resyncRequired once stale.
@@ -338,7 +339,7 @@ handle_drive (FakeServer *server, struct MHD_Connection *conn)
   g_rw_lock_reader_lock (&drive->lock);
   cJSON_AddStringToObject (o, "id", drive->drive_id);
   cJSON_AddStringToObject (o, "driveType", drive->business ? "business" : "personal");
-  cJSON_AddStringToObject (o, "name", drive->business ? "OneDrive" : "OneDrive");
+  cJSON_AddStringToObject (o, "name", drive->business ? "OneDrive - Contoso" : "OneDrive");
   cJSON *owner = cJSON_AddObjectToObject (o, "owner");
   cJSON *user = cJSON_AddObjectToObject (owner, "user");
   cJSON_AddStringToObject (user, "displayName", "Fake User");
