@@ -19,9 +19,12 @@ typedef enum {
 } GraphItemKind;
 
 typedef struct {
-  char          *drive_id;        /* parentReference.driveId, or the drive the page came from */
+  char          *drive_id;        /* parentReference.driveId, or the drive the page came from;
+                                   * spelled as the service sent it: compare ignoring case */
   char          *id;              /* never NULL */
-  char          *name;            /* may be NULL on tombstones */
+  char          *name;            /* may be NULL on tombstones; when name_problem is set, a
+                                   * printable form for reports (valid UTF-8, at most 1024
+                                   * bytes, NUL shown as U+0001), never a name to create */
   char          *parent_id;       /* NULL for the root */
   GraphItemKind  kind;
   gboolean       is_root;
