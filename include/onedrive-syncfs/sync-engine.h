@@ -52,19 +52,24 @@ void sync_engine_free (SyncEngine *engine);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (SyncEngine, sync_engine_free)
 
 /* Starts a run in the background. SYNC_ERROR_BUSY when one is active (atomic: of two
- * simultaneous starts exactly one wins); the refusal is recorded as last_rejected_start. */
+ * simultaneous starts exactly one wins); the refusal is recorded as last_rejected_start,
+ * except for SYNC_START_PERIODIC, which skips quietly. A run whose end is already decided
+ * (cancelled) but whose workers are still winding down is waited for (at most 5 s, in
+ * practice milliseconds) rather than refused, so "cancel, then start" just works. */
 gboolean sync_engine_start (SyncEngine *engine, SyncStartFlags flags, GError **error);
 /* Parses the words written to .sync/start ("", "full", "clear-exclusions"); SYNC_ERROR_INVALID
  * names the unknown word, and the reason is recorded for the status. */
 gboolean sync_engine_parse_start_words (SyncEngine *engine, const char *text, gsize len,
                                         SyncStartFlags *flags, GError **error);
-/* Records the cancel and returns at once (workers stop on their own, promptly).
- * Returns FALSE when no run was active (nothing changes then). */
+/* Decides `cancelled` for the active run and returns at once (workers stop on their own, in
+ * milliseconds: in-flight transfers abort). When it returns, no further file starts.
+ * Returns FALSE when no run was syncing (nothing changes then). */
 gboolean sync_engine_cancel (SyncEngine *engine);
 /* Waits until no run is active or @timeout_us passes (-1: forever). TRUE when idle. */
 gboolean sync_engine_wait_idle (SyncEngine *engine, gint64 timeout_us);
 
-/* The status document (docs/status.md): newly allocated JSON. */
+/* The status document (docs/status.md): newly allocated JSON. The event stream is described
+ * in docs/events.md, the durable change feed (<cache_dir>/changes.jsonl) in docs/changes.md. */
 char *sync_engine_status_json (SyncEngine *engine);
 
 /* ---- notifications to the filesystem ---------------------------------------------------- */

@@ -980,6 +980,7 @@ drain_queue (Run *run)
         }
     }
   sync_status_add_total (e->status, total);
+  g_debug ("%u files due", total);
   announce_started (run);
 
   GThreadPool *pool = g_thread_pool_new (task_run, run, (gint) e->workers, FALSE, &error);

@@ -455,6 +455,17 @@ test_two_starts (Env *env, gconstpointer data)
       g_mutex_clear (&lock);
       g_cond_clear (&cond);
     }
+  /* Cancel, then start at once: the cancelled run only winds down, so the start waits for
+   * that instead of answering busy. */
+  g_assert_true (sync_engine_start (env->engine, 0, NULL));
+  wait_current_files (env, 1);
+  g_assert_true (sync_engine_cancel (env->engine));
+  g_autoptr (GError) error = NULL;
+  g_assert_true (sync_engine_start (env->engine, 0, &error));
+  g_assert_no_error (error);
+  sync_engine_cancel (env->engine);
+  g_assert_true (sync_engine_wait_idle (env->engine, 30 * G_USEC_PER_SEC));
+
   env_faults (env, "{\"bandwidth_bps\":0}");
   g_assert_cmpstr (env_sync (env, 0), ==, "completed");
   assert_mirror_equals_remote (env);
