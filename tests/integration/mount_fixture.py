@@ -33,7 +33,7 @@ TOKEN = "odsf-mount-test-token"
 TERMINAL = {"completed", "completed_with_errors", "cancelled", "failed"}
 
 # Daemon log lines that count as a problem unless the test says it expects them.
-PROBLEM = re.compile(r" (WARNING|CRITICAL|ERROR): ")
+PROBLEM = re.compile(r" (WARNING|CRITICAL|ERROR): |ERROR: \w+Sanitizer|runtime error:")
 
 
 def require_fuse():

@@ -181,9 +181,10 @@ def test_sigterm_during_run(drive_dir, fake, mount):
     mount.stop()
 
 
-def test_sigterm_with_files_open(drive_dir, fake, mount):
-    """Files, folders and control files still open when the daemon stops: it exits 0 and
-    (under ASan) frees every handle the kernel will never release."""
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
+def test_signal_with_files_open(drive_dir, fake, mount, sig):
+    """Files, folders and control files still open when a signal stops the daemon: it exits 0
+    and (under ASan) frees every handle the kernel will never release."""
     (drive_dir / "f.txt").write_bytes(b"x" * 10000)
     mount.start()
     mount.sync_and_wait()
@@ -193,7 +194,7 @@ def test_sigterm_with_files_open(drive_dir, fake, mount):
     ev = open(mount.sync / "events", "rb")
     d = os.open(mount.mnt, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        mount.signal(signal.SIGTERM)
+        mount.signal(sig)
         mount.wait_exit(30, expect=0)
     finally:
         f.close()
