@@ -70,8 +70,9 @@ def test_rule_codes_probability_and_item_filter(fake):
     assert 0 < got.count(503) < 40
     r = request(f"{fake.admin_url}/faults", "POST", {}, b'{"errors":[{"status":200}]}')
     assert r.status == 400
-    r = request(f"{fake.admin_url}/faults", "POST", {}, b'{"latncy_ms":1}')
+    r = request(f"{fake.admin_url}/faults", "POST", {}, b'{"latency_ms":7,"latncy_ms":1}')
     assert r.status == 400 and "latncy_ms" in r.json()["error"]
+    assert fake.admin("faults")["latency_ms"] == 0          # all or nothing
 
 
 def test_410_as_a_rule_on_delta(fake):

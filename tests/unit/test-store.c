@@ -419,6 +419,24 @@ test_interrupted_set (Fixture *f, gconstpointer data)
 }
 
 static void
+test_reset_cursor (Fixture *f, gconstpointer data)
+{
+  GError *error = NULL;
+  gint64 sid = standard_tree (f);
+  g_assert_true (store_source_reset_cursor (f->store, sid, &error));
+  g_assert_no_error (error);
+  g_autofree char *cursor = cursor_of (f, sid);
+  g_assert_null (cursor);
+  /* The queue is kept: the cursor is dropped, never the work it implied. */
+  guint count = 0;
+  g_assert_true (store_work_count (f->store, &count, NULL));
+  g_assert_cmpuint (count, ==, 3);
+  g_assert_false (store_source_reset_cursor (f->store, 999, &error));
+  g_assert_error (error, STORE_ERROR, STORE_ERROR_NOT_FOUND);
+  g_clear_error (&error);
+}
+
+static void
 test_fail_retry (Fixture *f, gconstpointer data)
 {
   GError *error = NULL;
@@ -822,6 +840,7 @@ main (int argc, char **argv)
   T ("/store/commit/interrupted-set", test_interrupted_set);
   T ("/store/commit/packages-skipped", test_packages_skipped);
   T ("/store/commit/name-problem", test_name_problem);
+  T ("/store/commit/reset-cursor", test_reset_cursor);
   T ("/store/queue/fail-retry", test_fail_retry);
   T ("/store/queue/superseded-publish", test_superseded_publish);
   T ("/store/queue/publish-batch", test_publish_batch);

@@ -102,15 +102,15 @@ typedef struct {
   int         pool_fd;      /* synthetic content pool, or -1 */
 } FakeDrive;
 
-typedef enum {
-  FAKE_CONTENT_NONE,
-  FAKE_CONTENT_BYTES,
-  FAKE_CONTENT_GENERATED,
-} FakeContentKind;
-
+/* An empty drive (just the root) in the Personal or Business style. Never fails. */
 FakeDrive *fake_drive_new (gboolean business);
+/* Frees every item, set and blob. No request may be running. */
 void       fake_drive_free (FakeDrive *drive);
+/* Adds the tree under @dir (sorted, so ids repeat across runs; symlinks and special files
+ * skipped), hashing every file. FALSE with @error on an unreadable entry. */
 gboolean   fake_drive_load_dir (FakeDrive *drive, const char *dir, GError **error);
+/* Adds @n files of @size bytes in @folders folders (0: in the root), content generated from
+ * @seed into one memfd. FALSE with @error when memory cannot be had. */
 gboolean   fake_drive_load_synthetic (FakeDrive *drive, guint n, guint64 size, guint folders,
                                       guint64 seed, GError **error);
 
@@ -128,7 +128,9 @@ gboolean   fake_item_is_under (FakeItem *item, FakeItem *ancestor);
 /* The drive an item lives on: the remote drive inside a shared folder, else the drive. */
 const char *fake_item_drive_id (FakeDrive *drive, FakeItem *item);
 
-/* Mutations: write lock held. Each records a change with a new sequence number. */
+/* Mutations: write lock held. Each records a change with a new sequence number and returns
+ * FALSE/NULL with a G_IO_ERROR (NOT_FOUND, EXISTS, INVALID_ARGUMENT) leaving the drive as it
+ * was. fake_drive_add and fake_drive_modify take their own reference to @blob and hash it. */
 FakeItem  *fake_drive_add (FakeDrive *drive, FakeItem *parent, const char *name, gboolean folder,
                            FakeBlob *blob, gint64 mtime, GError **error);
 gboolean   fake_drive_modify (FakeDrive *drive, FakeItem *item, FakeBlob *blob, gint64 mtime,
@@ -144,7 +146,10 @@ void       fake_drive_touch (FakeDrive *drive, FakeItem *item);
 FakeBlob  *fake_blob_new_bytes (const void *data, gsize len, GError **error);
 FakeBlob  *fake_blob_new_generated (guint64 size, guint64 seed, GError **error);
 
-/* Delta sets. Caller holds the write lock (sets are created and evicted). */
+/* Delta sets. Caller holds the write lock (sets are created and evicted). A full set lists
+ * the live items under @scope (tombstones too with @include_tombstones_in_full); an
+ * incremental one the items changed after @from_seq and their ancestors. The drive owns the
+ * set; it stays valid until 64 newer sets exist. fake_drive_get_set: NULL once evicted. */
 FakeDeltaSet *fake_drive_new_set (FakeDrive *drive, FakeItem *scope, gboolean full,
                                   guint64 from_seq, gboolean include_tombstones_in_full,
                                   gboolean duplicates, gboolean shuffle);
@@ -163,8 +168,10 @@ typedef struct {
   char      **select;            /* NULL: everything */
 } FakeRenderOpts;
 
+/* The item as Graph shows it, in the drive's flavour; a new object. Drive lock held. */
 cJSON *fake_render_item (FakeDrive *drive, FakeItem *item, const FakeRenderOpts *opts);
 char  *fake_render_etag (FakeDrive *drive, FakeItem *item);
+/* ISO 8601 UTC, with ".000" when @fraction. */
 char  *fake_format_time (gint64 unix_seconds, gboolean fraction);
 
 /* ---------- auth ---------- */
@@ -203,6 +210,7 @@ typedef struct {
   gboolean    refresh_unavailable; /* switch: refresh grant answers temporarily_unavailable */
 } FakeAuth;
 
+/* Defaults: access tokens live 3599 s, device codes 900 s with a 5 s interval. */
 void  fake_auth_init (FakeAuth *auth);
 void  fake_auth_clear (FakeAuth *auth);
 /* Mints a pair; returns a JSON object in the token-endpoint shape. Takes auth->lock. */
@@ -275,6 +283,7 @@ typedef struct {
   GRand     *rand;
 } FakeFaults;
 
+/* Everything off, child tombstones on, download URLs live an hour. */
 void     fake_faults_init (FakeFaults *faults);
 void     fake_faults_clear (FakeFaults *faults);
 /* Applies a JSON object of settings (the POST /_admin/faults body). Takes faults->lock. */
@@ -282,6 +291,7 @@ gboolean fake_faults_apply (FakeFaults *faults, const cJSON *json, GError **erro
 cJSON   *fake_faults_to_json (FakeFaults *faults);
 /* A copy of the rule that fires for this request, or NULL. Takes faults->lock. */
 FakeErrorRule *fake_faults_match (FakeFaults *faults, FakeRoute route, const char *item_id);
+/* The matching download rule (a copy; the rule's count goes down by one), or NULL. */
 FakeDownloadRule *fake_faults_match_download (FakeFaults *faults, const char *item_id);
 void     fake_error_rule_free (FakeErrorRule *rule);
 void     fake_download_rule_free (FakeDownloadRule *rule);
@@ -305,16 +315,19 @@ typedef struct {
 
 void  fake_stats_init (FakeStats *stats);
 void  fake_stats_clear (FakeStats *stats);
+/* Zeroes every counter, per-item ones too. Takes the drive's read lock, then stats->lock. */
 void  fake_stats_reset (FakeStats *stats, FakeDrive *drive);
 /* Counts the request, checks it against the Retry-After window. */
 void  fake_stats_request (FakeStats *stats, FakeRoute route, double grace);
 void  fake_stats_status (FakeStats *stats, guint status);
+/* A throttling answer went out with Retry-After (seconds; <= 0: no window). */
 void  fake_stats_window (FakeStats *stats, int retry_after);
 /* A download of @item started (ranged or not), or @n body bytes of it went out. */
 void  fake_stats_download (FakeStats *stats, FakeItem *item, gboolean ranged);
 void  fake_stats_bytes (FakeStats *stats, FakeItem *item, gint64 n);
 /* Bumps one of the plain counters below under the lock. */
 void  fake_stats_add (FakeStats *stats, gint64 *counter, gint64 n);
+/* The GET /_admin/stats answer; same locking as fake_stats_reset. */
 cJSON *fake_stats_to_json (FakeStats *stats, FakeDrive *drive);
 
 /* ---------- the server ---------- */
@@ -365,7 +378,9 @@ char      *fake_random_token (gsize bytes);
 char      *fake_b64url_encode (const void *data, gsize len);
 char      *fake_b64url_decode (const char *text);
 
-/* Listeners. */
+/* Listeners: libmicrohttpd access handlers, cls = the FakeServer. fake_admin_handle and
+ * fake_oauth_handle answer one complete request (@path after "/_admin/"); the download URL
+ * is signed and expires after faults.download_url_ttl (drive lock held by the caller). */
 enum MHD_Result fake_graph_handler (void *cls, struct MHD_Connection *conn, const char *url,
                                     const char *method, const char *version,
                                     const char *upload_data, size_t *upload_data_size,

@@ -205,15 +205,10 @@ parse_download_rule (const cJSON *o, GError **error)
   return r;
 }
 
-gboolean
-fake_faults_apply (FakeFaults *f, const cJSON *json, GError **error)
+/* f->lock held (or @f private). May stop half way on a bad field: see fake_faults_apply. */
+static gboolean
+apply_settings (FakeFaults *f, const cJSON *json, GError **error)
 {
-  if (!cJSON_IsObject (json))
-    {
-      g_set_error (error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT, "faults: expected a JSON object");
-      return FALSE;
-    }
-  g_autoptr(GMutexLocker) locker = g_mutex_locker_new (&f->lock);
   const cJSON *clear = cJSON_GetObjectItemCaseSensitive (json, "clear");
   if (cJSON_IsTrue (clear))
     faults_defaults (f);
@@ -312,6 +307,26 @@ fake_faults_apply (FakeFaults *f, const cJSON *json, GError **error)
       return FALSE;
     }
   return TRUE;
+}
+
+gboolean
+fake_faults_apply (FakeFaults *f, const cJSON *json, GError **error)
+{
+  if (!cJSON_IsObject (json))
+    {
+      g_set_error (error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT, "faults: expected a JSON object");
+      return FALSE;
+    }
+  /* All or nothing: try the settings on a scratch copy first, so a typo in the last field
+   * does not leave the first ones applied. */
+  FakeFaults scratch;
+  fake_faults_init (&scratch);
+  gboolean valid = apply_settings (&scratch, json, error);
+  fake_faults_clear (&scratch);
+  if (!valid)
+    return FALSE;
+  g_autoptr(GMutexLocker) locker = g_mutex_locker_new (&f->lock);
+  return apply_settings (f, json, error);
 }
 
 cJSON *

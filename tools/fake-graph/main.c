@@ -174,7 +174,7 @@ main (int argc, char **argv)
   g_autofree char *static_token = NULL, *client_id = NULL;
   double access_lifetime = 3599, url_ttl = -1, token_max_age = -1;
   int device_interval = 5, device_lifetime = 900, threads = 0, latency = -1;
-  gboolean die_with_parent = FALSE, verbose = FALSE;
+  gboolean die_with_parent = FALSE, verbose = FALSE, features = FALSE;
 
   /* "--tls CERT KEY" takes two values, which GOption cannot express: rewrite it. */
   g_autoptr(GPtrArray) args = g_ptr_array_new_with_free_func (g_free);
@@ -216,6 +216,7 @@ main (int argc, char **argv)
     { "threads", 0, 0, G_OPTION_ARG_INT, &threads, "Thread pool size; 0 (default) = a thread per connection", "N" },
     { "die-with-parent", 0, 0, G_OPTION_ARG_NONE, &die_with_parent, "Exit when the parent process dies", NULL },
     { "verbose", 'v', 0, G_OPTION_ARG_NONE, &verbose, "Log every fault and request detail", NULL },
+    { "features", 0, 0, G_OPTION_ARG_NONE, &features, "Print what this build supports as JSON and exit", NULL },
     { NULL, 0, 0, 0, NULL, NULL, NULL }
   };
   g_autoptr(GOptionContext) ctx = g_option_context_new ("- a fake Microsoft Graph server");
@@ -225,6 +226,13 @@ main (int argc, char **argv)
     {
       fprintf (stderr, "fake-graph: %s\n", error->message);
       return 2;
+    }
+  if (features)
+    {
+      printf ("{\"version\":\"%s\",\"tls\":%s,\"ipv6\":%s}\n", PACKAGE_VERSION,
+              MHD_is_feature_supported (MHD_FEATURE_TLS) == MHD_YES ? "true" : "false",
+              MHD_is_feature_supported (MHD_FEATURE_IPv6) == MHD_YES ? "true" : "false");
+      return 0;
     }
   if ((data == NULL) == (synthetic == NULL))
     {
