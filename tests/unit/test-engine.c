@@ -712,6 +712,33 @@ test_periodic (Env *env, gconstpointer data)
   assert_mirror_equals_remote (env);
 }
 
+static void
+test_shutdown_mid_run (Env *env, gconstpointer data)
+{
+  /* Daemon shutdown: the engine is freed while files are in flight. It cancels, waits for its
+   * workers and records the run; the next process finishes the job, nothing twice. */
+  for (guint i = 0; i < 10; i++)
+    {
+      g_autofree char *p = g_strdup_printf ("/Docs/s%02u.bin", i);
+      env_add_generated (env, p, 256 * 1024, 200 + i);
+    }
+  env_faults (env, "{\"bandwidth_bps\":131072}");
+  EnvOptions opts = { .workers = 3 };
+  env_engine (env, &opts);
+  g_assert_true (sync_engine_start (env->engine, 0, NULL));
+  wait_current_files (env, 3);
+  wait_bytes_served (env, 3, 16 * 1024);
+  env_faults (env, "{\"bandwidth_bps\":0}");
+  env_engine (env, NULL);   /* frees the old engine mid-run: the shutdown path */
+  g_autoptr (StoreRun) run = store_last_run (env->store, NULL);
+  g_assert_cmpstr (run->state, ==, "cancelled");
+  g_autofree char *state = status_state (env);
+  g_assert_cmpstr (state, ==, "cancelled");
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed");
+  assert_mirror_equals_remote (env);
+  assert_no_download_twice (env, 128 * 1024);
+}
+
 /* ---- SIGKILL in the middle of a run ----------------------------------------------------- */
 
 static void
@@ -786,6 +813,7 @@ main (int argc, char **argv)
   env_add ("/engine/clear-exclusions", test_clear_exclusions);
   env_add ("/engine/sigkill-restart", test_sigkill_restart);
   env_add ("/engine/change-feed", test_change_feed);
+  env_add ("/engine/shutdown-mid-run", test_shutdown_mid_run);
   env_add ("/engine/periodic", test_periodic);
   return g_test_run ();
 }
