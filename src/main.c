@@ -286,16 +286,23 @@ main (int argc, char **argv)
       return fail (EXIT_TOKEN, "token file %s: %s", opts->token_file, error->message);
     }
 
+  /* NULL-terminated views of the lists for the engine, which copies what it keeps. */
   g_ptr_array_add (opts->sources, NULL);
+  g_ptr_array_add (opts->include_globs, NULL);
+  g_ptr_array_add (opts->exclude_globs, NULL);
   SyncConfig sync_config = {
     .workers = opts->workers,
     .cache_dir = opts->cache_dir,
     .max_file_size = opts->max_file_size,
     .sources = (const char * const *) opts->sources->pdata,
+    .include_globs = opts->include_globs->len > 1 ? (const char * const *) opts->include_globs->pdata : NULL,
+    .exclude_globs = opts->exclude_globs->len > 1 ? (const char * const *) opts->exclude_globs->pdata : NULL,
     .sync_interval = opts->sync_interval,
   };
   g_autoptr (SyncEngine) engine = sync_engine_new (&sync_config, store, client, &error);
   g_ptr_array_remove_index (opts->sources, opts->sources->len - 1);
+  g_ptr_array_remove_index (opts->include_globs, opts->include_globs->len - 1);
+  g_ptr_array_remove_index (opts->exclude_globs, opts->exclude_globs->len - 1);
   if (engine == NULL)
     {
       block_signals (FALSE);

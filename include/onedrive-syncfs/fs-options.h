@@ -22,6 +22,8 @@ typedef enum {
 typedef struct {
   char      *profile;         /* "default" unless given */
   GPtrArray *sources;         /* char*, remote paths normalised to "/A/B"; empty = "/" */
+  GPtrArray *include_globs;   /* char*, GLib glob patterns on the mount path or the name */
+  GPtrArray *exclude_globs;   /* char*; empty arrays: no filter */
   guint      workers;         /* 0 when unset: the engine's default */
   guint      sync_interval;   /* seconds; 0: no periodic sync */
   gboolean   sync_on_mount;

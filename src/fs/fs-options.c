@@ -41,12 +41,16 @@ typedef struct {
   char *verbose;
   /* Collected by the key callback, GLib-owned. */
   GPtrArray *sources;
+  GPtrArray *include_globs;
+  GPtrArray *exclude_globs;
   GPtrArray *positional;    /* MOUNTPOINT, or PROFILE MOUNTPOINT (mount(8), fstab) */
   GError *error;
 } RawOptions;
 
 enum {
   KEY_SOURCE,
+  KEY_INCLUDE,
+  KEY_EXCLUDE,
   KEY_ALLOW_OTHER,
   KEY_VERBOSE,
   KEY_SYNC_ON_MOUNT,
@@ -71,6 +75,8 @@ static const struct fuse_opt raw_opts[] = {
   RAW_OPT ("allow_other=%s", allow_other),
   RAW_OPT ("verbose=%s", verbose),
   FUSE_OPT_KEY ("source=", KEY_SOURCE),
+  FUSE_OPT_KEY ("include=", KEY_INCLUDE),
+  FUSE_OPT_KEY ("exclude=", KEY_EXCLUDE),
   FUSE_OPT_KEY ("allow_other", KEY_ALLOW_OTHER),
   FUSE_OPT_KEY ("verbose", KEY_VERBOSE),
   FUSE_OPT_KEY ("-v", KEY_VERBOSE),
@@ -102,6 +108,8 @@ raw_options_clear (RawOptions *raw)
       *fields[i] = NULL;
     }
   g_clear_pointer (&raw->sources, g_ptr_array_unref);
+  g_clear_pointer (&raw->include_globs, g_ptr_array_unref);
+  g_clear_pointer (&raw->exclude_globs, g_ptr_array_unref);
   g_clear_pointer (&raw->positional, g_ptr_array_unref);
   g_clear_error (&raw->error);
 }
@@ -124,6 +132,12 @@ raw_opt_proc (void *data, const char *arg, int key, struct fuse_args *outargs)
     {
     case KEY_SOURCE:
       g_ptr_array_add (raw->sources, g_strdup (arg + strlen ("source=")));
+      return 0;
+    case KEY_INCLUDE:
+      g_ptr_array_add (raw->include_globs, g_strdup (arg + strlen ("include=")));
+      return 0;
+    case KEY_EXCLUDE:
+      g_ptr_array_add (raw->exclude_globs, g_strdup (arg + strlen ("exclude=")));
       return 0;
     case KEY_ALLOW_OTHER:
       return raw_set (&raw->allow_other, "yes");
@@ -262,6 +276,8 @@ fs_options_free (FsOptions *options)
     return;
   g_free (options->profile);
   g_clear_pointer (&options->sources, g_ptr_array_unref);
+  g_clear_pointer (&options->include_globs, g_ptr_array_unref);
+  g_clear_pointer (&options->exclude_globs, g_ptr_array_unref);
   g_free (options->cache_dir);
   g_free (options->token_file);
   g_free (options->graph_url);
@@ -408,6 +424,28 @@ resolve (FsOptions *o, RawOptions *raw, GKeyFile *kf, GError **error)
     }
   if (o->sources->len == 0)
     g_ptr_array_add (o->sources, g_strdup ("/"));
+
+  /* Filters: like sources, the command line's list replaces the file's. */
+  struct { GPtrArray *given; GPtrArray *out; const char *key; } lists[] = {
+    { raw->include_globs, o->include_globs, "include" },
+    { raw->exclude_globs, o->exclude_globs, "exclude" },
+  };
+  for (gsize k = 0; k < G_N_ELEMENTS (lists); k++)
+    {
+      if (lists[k].given->len > 0)
+        {
+          for (guint i = 0; i < lists[k].given->len; i++)
+            if (*(const char *) lists[k].given->pdata[i] != '\0')
+              g_ptr_array_add (lists[k].out, g_strdup (lists[k].given->pdata[i]));
+        }
+      else if (kf != NULL)
+        {
+          g_auto (GStrv) list = g_key_file_get_string_list (kf, group, lists[k].key, NULL, NULL);
+          for (char **s = list; s != NULL && *s != NULL; s++)
+            if (*g_strstrip (*s) != '\0')
+              g_ptr_array_add (lists[k].out, g_strdup (*s));
+        }
+    }
   return TRUE;
 }
 
@@ -433,6 +471,8 @@ fs_options_parse (int argc, char **argv, const char *config_path, GError **error
   g_autoptr (FsOptions) o = g_new0 (FsOptions, 1);
   RawOptions raw = {
     .sources = g_ptr_array_new_with_free_func (g_free),
+    .include_globs = g_ptr_array_new_with_free_func (g_free),
+    .exclude_globs = g_ptr_array_new_with_free_func (g_free),
     .positional = g_ptr_array_new_with_free_func (g_free),
   };
   struct fuse_args args = FUSE_ARGS_INIT (0, NULL);
@@ -466,6 +506,8 @@ fs_options_parse (int argc, char **argv, const char *config_path, GError **error
   o->show_help = cmd.show_help;
   o->show_version = cmd.show_version;
   o->sources = g_ptr_array_new_with_free_func (g_free);
+  o->include_globs = g_ptr_array_new_with_free_func (g_free);
+  o->exclude_globs = g_ptr_array_new_with_free_func (g_free);
 
   /* "PROFILE MOUNTPOINT" is how mount(8) runs us for an fstab line; -o profile= still wins. */
   const char *positional_profile = raw.positional->len == 2 ? raw.positional->pdata[0] : NULL;
@@ -533,6 +575,8 @@ fs_options_print_help (const char *progname)
           "onedrive-syncfs options (also keys of $XDG_CONFIG_HOME/onedrive-syncfs/config, group [PROFILE]):\n"
           "    -o profile=NAME         settings, token and cache of this profile (default: default)\n"
           "    -o source=PATH          a drive folder to mirror, repeatable (default: the whole drive)\n"
+          "    -o include=GLOB         mirror only files whose path or name matches, repeatable\n"
+          "    -o exclude=GLOB         do not mirror files whose path or name matches, repeatable\n"
           "    -o workers=N            parallel downloads (1-64, default 4)\n"
           "    -o sync_interval=SECS   start a sync every SECS seconds (default 0: only on request)\n"
           "    -o sync_on_mount[=yes|no]  start a sync once the mount is up (default no)\n"

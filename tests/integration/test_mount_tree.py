@@ -100,6 +100,21 @@ def test_sources_at_drive_path(drive_dir, fake, mount):
     mount.stop()
 
 
+def test_include_exclude_globs(drive_dir, fake, mount):
+    fill_drive(drive_dir)
+    (drive_dir / "Documents" / "scratch.tmp").write_bytes(b"temporary")
+    mount.options += ["exclude=*.tmp", "exclude=/Pictures/*"]
+    mount.start()
+    doc = mount.sync_and_wait()
+    filtered = {f["path"]: f["reason"] for f in doc["filtered_files"]}
+    assert filtered.get("/Documents/scratch.tmp") == "excluded"
+    assert filtered.get("/Pictures/big.bin") == "excluded"
+    assert not (mount.mnt / "Documents" / "scratch.tmp").exists()
+    assert not (mount.mnt / "Pictures" / "big.bin").exists()
+    assert (mount.mnt / "Documents" / "Reports" / "q1.txt").read_bytes() == b"first quarter\n"
+    mount.stop()
+
+
 def test_many_concurrent_readers(drive_dir, fake, mount):
     data = os.urandom(24 * 1024 * 1024 + 4097)
     (drive_dir / "large.bin").write_bytes(data)

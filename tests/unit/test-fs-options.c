@@ -108,6 +108,8 @@ test_command_line (Fixture *f, gconstpointer data)
   g_assert_cmpuint (o->sources->len, ==, 2);
   g_assert_cmpstr (o->sources->pdata[0], ==, "/Documents/Reports");
   g_assert_cmpstr (o->sources->pdata[1], ==, "/Photos/2024");
+  g_assert_cmpuint (o->include_globs->len, ==, 0);
+  g_assert_cmpuint (o->exclude_globs->len, ==, 0);
   g_assert_true (g_path_is_absolute (o->mountpoint));
   g_assert_true (g_str_has_suffix (o->mountpoint, "/mnt"));
   g_assert_true (fuse_argv_has (o, "allow_other"));
@@ -136,6 +138,25 @@ test_config_file (Fixture *f, gconstpointer data)
   g_assert_no_error (error);
   g_assert_cmpuint (other->workers, ==, 9);
   g_assert_cmpstr (other->sources->pdata[0], ==, "/");
+}
+
+static void
+test_filters (Fixture *f, gconstpointer data)
+{
+  write_config (f, "[default]\nexclude=*.tmp;~*\ninclude=/Docs/*\n");
+  g_autoptr (GError) error = NULL;
+  g_autoptr (FsOptions) o = parse (f, &error, "/m", NULL);
+  g_assert_no_error (error);
+  g_assert_cmpuint (o->exclude_globs->len, ==, 2);
+  g_assert_cmpstr (o->exclude_globs->pdata[1], ==, "~*");
+  g_assert_cmpuint (o->include_globs->len, ==, 1);
+
+  /* The command line's list replaces the file's, per list. */
+  g_autoptr (FsOptions) c = parse (f, &error, "-o", "exclude=*.iso,exclude=*.bak", "/m", NULL);
+  g_assert_no_error (error);
+  g_assert_cmpuint (c->exclude_globs->len, ==, 2);
+  g_assert_cmpstr (c->exclude_globs->pdata[0], ==, "*.iso");
+  g_assert_cmpuint (c->include_globs->len, ==, 1);   /* still the file's */
 }
 
 static void
@@ -287,6 +308,7 @@ main (int argc, char **argv)
   ADD ("/fs-options/command-line", test_command_line);
   ADD ("/fs-options/config-file", test_config_file);
   ADD ("/fs-options/command-line-wins", test_command_line_wins);
+  ADD ("/fs-options/filters", test_filters);
   ADD ("/fs-options/overlapping-sources", test_overlapping_sources);
   ADD ("/fs-options/invalid-values", test_invalid_values);
   ADD ("/fs-options/broken-config", test_broken_config);
