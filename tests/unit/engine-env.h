@@ -23,6 +23,7 @@ typedef struct {
   GraphClient *client;
   SyncEngine  *engine;
   char        *last_state;
+  gboolean     hook_fired;      /* for tests' hooks */
   GMutex       lock;
   GCond        cond;
   guint64      notifications;   /* protected by lock */

@@ -712,6 +712,70 @@ test_periodic (Env *env, gconstpointer data)
   assert_mirror_equals_remote (env);
 }
 
+static void
+modify_in_hook (SyncEngine *engine, const char *path, gpointer user_data)
+{
+  Env *env = user_data;
+  if (g_strcmp0 (path, "/Docs/moving.txt") == 0 && !env->hook_fired)
+    {
+      env->hook_fired = TRUE;
+      env_itemop (env, "modify", "{\"path\":\"/Docs/moving.txt\",\"content\":\"changed under our feet\"}");
+    }
+}
+
+static void
+test_hash_mismatch (Env *env, gconstpointer data)
+{
+  /* The content changes between the delta and the download: the bytes do not match the hash
+   * the delta promised, so nothing is published (never unverified bytes under a verified
+   * name); the failure is reported, and the next run brings the new version. */
+  env_add_file (env, "/Docs/moving.txt", "the original");
+  env_add_file (env, "/Docs/still.txt", "still");
+  env_engine (env, NULL);
+  sync_engine_set_hook (env->engine, SYNC_HOOK_TASK_ACQUIRED, modify_in_hook, env);
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed_with_errors");
+  sync_engine_set_hook (env->engine, SYNC_HOOK_TASK_ACQUIRED, NULL, NULL);
+  g_assert_true (env->hook_fired);
+  {
+    g_autoptr (cJSON) st = env_status (env);
+    const cJSON *f = cJSON_GetArrayItem (cJSON_GetObjectItem (st, "failed_files"), 0);
+    g_assert_nonnull (f);
+    g_assert_cmpstr (cJSON_GetObjectItem (f, "path")->valuestring, ==, "/Docs/moving.txt");
+    g_assert_cmpstr (cJSON_GetObjectItem (f, "error_type")->valuestring, ==, "hash_mismatch");
+  }
+  g_assert_false (env_mount_has (env, "/Docs/moving.txt"));
+  g_assert_true (env_mount_has (env, "/Docs/still.txt"));
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed");
+  assert_mirror_equals_remote (env);
+}
+
+static void
+test_shutdown_mid_run (Env *env, gconstpointer data)
+{
+  /* Daemon shutdown: the engine is freed while files are in flight. It cancels, waits for its
+   * workers and records the run; the next process finishes the job, nothing twice. */
+  for (guint i = 0; i < 10; i++)
+    {
+      g_autofree char *p = g_strdup_printf ("/Docs/s%02u.bin", i);
+      env_add_generated (env, p, 256 * 1024, 200 + i);
+    }
+  env_faults (env, "{\"bandwidth_bps\":131072}");
+  EnvOptions opts = { .workers = 3 };
+  env_engine (env, &opts);
+  g_assert_true (sync_engine_start (env->engine, 0, NULL));
+  wait_current_files (env, 3);
+  wait_bytes_served (env, 3, 16 * 1024);
+  env_faults (env, "{\"bandwidth_bps\":0}");
+  env_engine (env, NULL);   /* frees the old engine mid-run: the shutdown path */
+  g_autoptr (StoreRun) run = store_last_run (env->store, NULL);
+  g_assert_cmpstr (run->state, ==, "cancelled");
+  g_autofree char *state = status_state (env);
+  g_assert_cmpstr (state, ==, "cancelled");
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed");
+  assert_mirror_equals_remote (env);
+  assert_no_download_twice (env, 128 * 1024);
+}
+
 /* ---- SIGKILL in the middle of a run ----------------------------------------------------- */
 
 static void
@@ -786,6 +850,8 @@ main (int argc, char **argv)
   env_add ("/engine/clear-exclusions", test_clear_exclusions);
   env_add ("/engine/sigkill-restart", test_sigkill_restart);
   env_add ("/engine/change-feed", test_change_feed);
+  env_add ("/engine/shutdown-mid-run", test_shutdown_mid_run);
+  env_add ("/engine/hash-mismatch", test_hash_mismatch);
   env_add ("/engine/periodic", test_periodic);
   return g_test_run ();
 }
