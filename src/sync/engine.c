@@ -210,7 +210,7 @@ glob_match_any (GPtrArray *globs, const char *path)
 }
 
 static const char *
-error_type_for (Run *run, const GError *error, const StoreWork *work)
+error_type_for (const GError *error)
 {
   if (error->domain == GRAPH_ERROR)
     switch ((GraphErrorCode) error->code)
@@ -227,12 +227,10 @@ error_type_for (Run *run, const GError *error, const StoreWork *work)
         return "not_found";
       case GRAPH_ERROR_LOCAL_IO:
         {
-          /* The client keeps errno privately; the free space tells us what we need to know. */
-          struct statvfs sv;
-          gint64 size = work->item ? work->item->size : 0;
-          if (statvfs (run->engine->tmp_dir, &sv) == 0 && (guint64) sv.f_bavail * sv.f_frsize < (guint64) MAX (size, 1) + 4096)
-            return "disk_full";
-          return "download_error";
+          /* The client keeps the errno of the failed write: no guessing from free space (which
+           * another writer may have changed since, or which a quota never shows). */
+          int errsv = graph_error_errno (error);
+          return errsv == ENOSPC || errsv == EDQUOT ? "disk_full" : "download_error";
         }
       default:
         return "download_error";
@@ -367,6 +365,22 @@ is_news (const StoreWork *work)
   return !(is_folder_work (work) && work->action == STORE_ACTION_MKDIR && !work->old_path);
 }
 
+static gboolean
+fsync_dir (const char *dir, GError **error)
+{
+  int fd = open (dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0 || fsync (fd) != 0)
+    {
+      int errsv = errno;
+      if (fd >= 0)
+        close (fd);
+      g_set_error (error, G_IO_ERROR, g_io_error_from_errno (errsv), "fsync(%s): %s", dir, g_strerror (errsv));
+      return FALSE;
+    }
+  close (fd);
+  return TRUE;
+}
+
 /* Leader only: one transaction for @batch, then the feed lines and stale objects. */
 static void
 publish_batch_as_leader (SyncEngine *e, GPtrArray *batch)
@@ -383,7 +397,13 @@ publish_batch_as_leader (SyncEngine *e, GPtrArray *batch)
   g_autoptr (GPtrArray) stale = NULL;
   g_autoptr (GPtrArray) errors = NULL;
   g_autoptr (GError) first = NULL;
-  store_work_publish_batch (e->store, works, objects, n, &stale, &errors, &first);
+  gboolean any_object = FALSE;
+  for (guint i = 0; i < n; i++)
+    any_object |= objects[i] != NULL;
+  /* The renames into objects/ must be durable before the store says the items exist: one
+   * directory fsync covers the whole batch (the file data was synced by each worker). */
+  if (!any_object || fsync_dir (e->objects_dir, &first))
+    store_work_publish_batch (e->store, works, objects, n, &stale, &errors, &first);
 
   for (guint i = 0; i < n; i++)
     {
@@ -593,6 +613,15 @@ download (Task *t, GError **error)
   guint64 got = 0;
   gboolean ok = graph_client_download (e->client, it->drive_id, it->id, it->quickxor_hash, fd, run->cancel,
                                        on_progress, t, &got, error);
+  /* Durability: the bytes reach the disk before the rename makes them an object, so a power cut
+   * can never leave a published item pointing at an empty or short file. (ENOSPC may surface
+   * only here, on file systems that allocate late.) */
+  if (ok && fsync (fd) != 0)
+    {
+      int errsv = errno;
+      g_set_error (error, G_IO_ERROR, g_io_error_from_errno (errsv), "fsync(%s): %s", part, g_strerror (errsv));
+      ok = FALSE;
+    }
   close (fd);
   if (!ok)
     {
@@ -646,7 +675,7 @@ process_file (Task *t)
 
   if (!object)
     {
-      const char *type = error_type_for (run, error, work);
+      const char *type = error_type_for (error);
       if (strcmp (type, "cancelled") == 0)
         {
           /* Not a failure: the work stays queued as it was. */
@@ -662,7 +691,7 @@ process_file (Task *t)
     {
       g_autofree char *p = g_build_filename (e->objects_dir, object, NULL);
       g_unlink (p);
-      record_failure (run, work, error_type_for (run, error, work), error->message);
+      record_failure (run, work, error_type_for (error), error->message);
     }
 }
 
@@ -714,7 +743,7 @@ process_inline (Run *run, StoreWork *work)
       return;
     }
   if (!publish (run, work, NULL, FALSE, &error))
-    record_failure (run, work, error_type_for (run, error, work), error->message);
+    record_failure (run, work, error_type_for (error), error->message);
 }
 
 /* ---- the run --------------------------------------------------------------------------- */

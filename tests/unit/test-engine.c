@@ -23,8 +23,11 @@
 #include <cjson/cJSON.h>
 #include <fcntl.h>
 #include <glib/gstdio.h>
+#include <errno.h>
+#include <sched.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -884,6 +887,113 @@ test_folder_delta_not_supported (Env *env, gconstpointer data)
   g_assert_cmpfloat (cJSON_GetObjectItem (stats3, "full_downloads")->valuedouble, ==, 1);   /* z.txt */
 }
 
+/* Mounts a tmpfs of @kib KiB on @dir in a mount namespace of this process only, so nothing
+ * stays mounted whatever happens to the test. FALSE (with @why) when that is not possible here. */
+static gboolean
+mount_small_fs (const char *dir, guint kib, char **why)
+{
+  g_mkdir_with_parents (dir, 0700);
+  static gboolean unshared;
+  if (!unshared)
+    {
+      if (unshare (CLONE_NEWNS) != 0)
+        {
+          *why = g_strdup_printf ("unshare(CLONE_NEWNS): %s (needs root)", g_strerror (errno));
+          return FALSE;
+        }
+      if (mount ("none", "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0)
+        {
+          *why = g_strdup_printf ("making mounts private: %s", g_strerror (errno));
+          return FALSE;
+        }
+      unshared = TRUE;
+    }
+  g_autofree char *opts = g_strdup_printf ("size=%uk,mode=0700", kib);
+  if (mount ("odsf-test", dir, "tmpfs", 0, opts) != 0)
+    {
+      *why = g_strdup_printf ("mount tmpfs on %s: %s", dir, g_strerror (errno));
+      return FALSE;
+    }
+  return TRUE;
+}
+
+static guint
+count_parts (Env *env)
+{
+  g_autofree char *tmp = g_build_filename (env->cache_dir, "tmp", NULL);
+  g_autoptr (GDir) d = g_dir_open (tmp, 0, NULL);
+  guint n = 0;
+  const char *name;
+  while (d && (name = g_dir_read_name (d)))
+    n += g_str_has_suffix (name, ".part");
+  return n;
+}
+
+static void
+test_disk_full (Env *env, gconstpointer data)
+{
+  /* A full cache disk loses nothing: the file stays queued, no partial file is left, the run
+   * ends completed_with_errors with error_type disk_full (from the write's errno), and the next
+   * run, with room again, gets it. */
+  g_autofree char *why = NULL;
+  if (!mount_small_fs (env->cache_dir, 256, &why))
+    {
+      g_test_skip (why);
+      return;
+    }
+  g_autofree char *filler = g_build_filename (env->cache_dir, "filler", NULL);
+  g_autofree char *zeros = g_malloc0 (200 * 1024);
+  g_assert_true (g_file_set_contents (filler, zeros, 200 * 1024, NULL));
+  env_add_file (env, "/Docs/small.txt", "small");
+  env_add_generated (env, "/Docs/big.bin", 128 * 1024, 11);
+  env_engine (env, NULL);
+
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed_with_errors");
+  assert_counters_agree (env);
+  {
+    g_autoptr (cJSON) st = env_status (env);
+    g_assert_cmpint (cJSON_GetObjectItem (st, "files_failed")->valueint, ==, 1);
+    const cJSON *f = cJSON_GetArrayItem (cJSON_GetObjectItem (st, "failed_files"), 0);
+    g_assert_cmpstr (cJSON_GetObjectItem (f, "path")->valuestring, ==, "/Docs/big.bin");
+    g_assert_cmpstr (cJSON_GetObjectItem (f, "error_type")->valuestring, ==, "disk_full");
+  }
+  g_assert_true (env_mount_has (env, "/Docs/small.txt"));
+  g_assert_false (env_mount_has (env, "/Docs/big.bin"));
+  g_assert_cmpuint (count_parts (env), ==, 0);
+  g_assert_cmpuint (env_cache_objects (env), ==, 1);   /* small.txt only: nothing half-made */
+
+  g_assert_cmpint (g_unlink (filler), ==, 0);
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed");
+  assert_mirror_equals_remote (env);
+  /* Detached lazily: the engine's open files keep it alive until teardown closes them. */
+  g_assert_cmpint (umount2 (env->cache_dir, MNT_DETACH), ==, 0);
+}
+
+static void
+test_timeout (Env *env, gconstpointer data)
+{
+  /* A download host that sends nothing for longer than the stall timeout: error_type timeout,
+   * the file stays queued and arrives once the host answers again. */
+  env_add_file (env, "/Docs/ok.txt", "fine");
+  env_engine (env, &(EnvOptions){ .stall_timeout_s = 1, .workers = 1 });
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed");
+  env_add_file (env, "/Docs/slow.txt", "slow to come");
+  env_faults (env, "{\"download_latency_ms\":2500}");
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed_with_errors");
+  assert_counters_agree (env);
+  {
+    g_autoptr (cJSON) st = env_status (env);
+    const cJSON *f = cJSON_GetArrayItem (cJSON_GetObjectItem (st, "failed_files"), 0);
+    g_assert_nonnull (f);
+    g_assert_cmpstr (cJSON_GetObjectItem (f, "path")->valuestring, ==, "/Docs/slow.txt");
+    g_assert_cmpstr (cJSON_GetObjectItem (f, "error_type")->valuestring, ==, "timeout");
+  }
+  g_assert_false (env_mount_has (env, "/Docs/slow.txt"));
+  env_faults (env, "{\"download_latency_ms\":0}");
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed");
+  assert_mirror_equals_remote (env);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -912,5 +1022,7 @@ main (int argc, char **argv)
   env_add ("/engine/hash-mismatch", test_hash_mismatch);
   env_add ("/engine/periodic", test_periodic);
   env_add ("/engine/folder-delta-not-supported", test_folder_delta_not_supported);
+  env_add ("/engine/disk-full", test_disk_full);
+  env_add ("/engine/timeout", test_timeout);
   return g_test_run ();
 }
