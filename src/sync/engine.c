@@ -802,6 +802,20 @@ report_unmirrored (Run *run, const char *source_path, const char *source_item_id
     }
 }
 
+/* Tracks the distinct live files of a set (the last occurrence of an id wins, as in the store). */
+static void
+note_set_files (GHashTable *set_files, GPtrArray *items)
+{
+  for (guint i = 0; i < items->len; i++)
+    {
+      const GraphItem *it = items->pdata[i];
+      if (!it->deleted && it->kind == GRAPH_ITEM_FILE)
+        g_hash_table_add (set_files, g_strdup (it->id));
+      else
+        g_hash_table_remove (set_files, it->id);
+    }
+}
+
 /* Reads one source's delta set into the store. Returns FALSE when the source failed or the
  * run was cancelled (the old cursor stands then). */
 static gboolean
@@ -881,6 +895,7 @@ enumerate_source (Run *run, const char *path)
     {
       gboolean root_mode = sync_root_delta_active (rd);
       g_autoptr (GPtrArray) set = root_mode ? g_ptr_array_new_with_free_func ((GDestroyNotify) graph_item_free) : NULL;
+      g_autoptr (GHashTable) set_files = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
       gboolean switch_to_root = FALSE;
       if (!store_stage_begin (e->store, source_id, &error))
         {
@@ -923,7 +938,10 @@ enumerate_source (Run *run, const char *path)
                 g_ptr_array_add (set, graph_item_copy (page->items->pdata[i]));
             }
           else
-            report_unmirrored (run, path, item_id, page->items);
+            {
+              report_unmirrored (run, path, item_id, page->items);
+              note_set_files (set_files, page->items);
+            }
           if (!root_mode && page->items->len > 0 && !store_stage_add (e->store, source_id, page->items, &error))
             {
               run_note_source_error (run, path, error->message);
@@ -1009,6 +1027,7 @@ enumerate_source (Run *run, const char *path)
               continue;
             }
           report_unmirrored (run, path, item_id, mine);
+          note_set_files (set_files, mine);
           if (!sync_root_delta_save (rd, &error)
               || (mine->len > 0 && !store_stage_add (e->store, source_id, mine, &error)))
             {
@@ -1036,10 +1055,14 @@ enumerate_source (Run *run, const char *path)
         }
       g_debug ("%s: %u pages; queued %u downloads, %u updates, %u moves, %u deletes; %u unchanged", path, pages,
                stats.queued_downloads, stats.queued_updates, stats.queued_moves, stats.queued_deletes, stats.unchanged);
-      sync_status_add_unchanged (e->status, stats.unchanged);
+      /* The store's "unchanged" also counts folders and tombstones; the status counts files:
+       * the set's live files that got no download, update or move (see docs/status.md). */
+      guint queued_files = stats.queued_downloads + stats.queued_updates + stats.queued_moves;
+      guint set_file_count = g_hash_table_size (set_files);
+      sync_status_add_unchanged (e->status, set_file_count > queued_files ? set_file_count - queued_files : 0);
       if (reconcile)
         sync_status_source_resync (e->status, path, resync_reason, stats.queued_deletes);
-      sync_status_source_set (e->status, path, "processing", g_get_real_time () / G_USEC_PER_SEC, TRUE, NULL);
+      sync_status_source_set (e->status, path, "processing", last_completed, TRUE, NULL);
       g_mutex_lock (&run->lock);
       run->sources_ok++;
       g_mutex_unlock (&run->lock);
@@ -1270,17 +1293,6 @@ run_main (gpointer data)
       sync_status_set_last_error (e->status, msg);
     }
 
-  /* Sources that did their part say how the run left them (an "error" stays as set). */
-  g_autoptr (GPtrArray) known = store_sources (e->store, NULL);
-  for (guint k = 0; k < e->sources->len; k++)
-    {
-      EngineSource *s = e->sources->pdata[k];
-      StoreSource *st = find_store_source (known, s->path);
-      if (s->overlapped || g_hash_table_contains (run->failed_sources, s->path))
-        continue;
-      sync_status_source_set (e->status, s->path, final == SYNC_STATE_CANCELLED ? "idle" : "completed",
-                              st ? st->last_completed : 0, st && st->cursor, NULL);
-    }
 
   sync_status_counters (e->status, &c);
   StoreRunCounters rc = {
@@ -1293,6 +1305,18 @@ run_main (gpointer data)
       g_autoptr (GError) local = NULL;
       if (!store_run_finish (e->store, run->run_id, sync_state_to_string (final), &rc, fatal, &local))
         g_warning ("cannot record run %" G_GINT64_FORMAT ": %s", run->run_id, local->message);
+    }
+  /* Sources that did their part say how the run left them (an "error" stays as set). Read
+   * after store_run_finish(), which records last_completed for a completed run. */
+  g_autoptr (GPtrArray) known = store_sources (e->store, NULL);
+  for (guint k = 0; k < e->sources->len; k++)
+    {
+      EngineSource *s = e->sources->pdata[k];
+      StoreSource *st = find_store_source (known, s->path);
+      if (s->overlapped || g_hash_table_contains (run->failed_sources, s->path))
+        continue;
+      sync_status_source_set (e->status, s->path, final == SYNC_STATE_CANCELLED ? "idle" : "completed",
+                              st ? st->last_completed : 0, st && st->cursor, NULL);
     }
   {
     g_autoptr (GError) local = NULL;

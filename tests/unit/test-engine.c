@@ -887,26 +887,31 @@ test_folder_delta_not_supported (Env *env, gconstpointer data)
   g_assert_cmpfloat (cJSON_GetObjectItem (stats3, "full_downloads")->valuedouble, ==, 1);   /* z.txt */
 }
 
-/* Mounts a tmpfs of @kib KiB on @dir in a mount namespace of this process only, so nothing
- * stays mounted whatever happens to the test. FALSE (with @why) when that is not possible here. */
+/* Why this process has no private mount namespace, or NULL when it has one. */
+static char *no_private_mounts;
+
+/* Called first in main(), while the process has one thread: a mount namespace is per thread,
+ * and every thread created later inherits this one. Mounts made in it vanish with the
+ * process, so nothing stays mounted whatever happens to a test. */
+static void
+private_mount_namespace (void)
+{
+  if (unshare (CLONE_NEWNS) != 0)
+    no_private_mounts = g_strdup_printf ("unshare(CLONE_NEWNS): %s (needs root)", g_strerror (errno));
+  else if (mount ("none", "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0)
+    no_private_mounts = g_strdup_printf ("making mounts private: %s", g_strerror (errno));
+}
+
+/* Mounts a tmpfs of @kib KiB on @dir (in the private namespace). FALSE (with @why) when that is
+ * not possible here. */
 static gboolean
 mount_small_fs (const char *dir, guint kib, char **why)
 {
   g_mkdir_with_parents (dir, 0700);
-  static gboolean unshared;
-  if (!unshared)
+  if (no_private_mounts)
     {
-      if (unshare (CLONE_NEWNS) != 0)
-        {
-          *why = g_strdup_printf ("unshare(CLONE_NEWNS): %s (needs root)", g_strerror (errno));
-          return FALSE;
-        }
-      if (mount ("none", "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0)
-        {
-          *why = g_strdup_printf ("making mounts private: %s", g_strerror (errno));
-          return FALSE;
-        }
-      unshared = TRUE;
+      *why = g_strdup (no_private_mounts);
+      return FALSE;
     }
   g_autofree char *opts = g_strdup_printf ("size=%uk,mode=0700", kib);
   if (mount ("odsf-test", dir, "tmpfs", 0, opts) != 0)
@@ -994,9 +999,63 @@ test_timeout (Env *env, gconstpointer data)
   assert_mirror_equals_remote (env);
 }
 
+static void
+test_status_counts_files (Env *env, gconstpointer data)
+{
+  /* files_unchanged counts files only (not folders or tombstones), so that
+   * processed + unchanged + failed + filtered = the files of the run (docs/status.md); and a
+   * completed run sets sources[].last_completed. */
+  g_autofree char *denied = NULL;
+  for (guint i = 0; i < 12; i++)
+    {
+      g_autofree char *p = g_strdup_printf ("/Docs/d%u/f%u.txt", i % 3, i);
+      g_autofree char *c = g_strdup_printf ("content %u", i);
+      if (i == 7)
+        denied = env_add_file_id (env, p, c);
+      else
+        env_add_file (env, p, c);
+    }
+  g_autofree char *rule = g_strdup_printf (
+      "{\"errors\":[{\"status\":403,\"route\":\"content\",\"item_id\":\"%s\",\"count\":-1}]}", denied);
+  env_faults (env, rule);
+  env_engine (env, NULL);
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed_with_errors");
+  assert_counters_agree (env);
+  g_assert_cmpuint (status_uint (env, "files_processed"), ==, 11);
+  g_assert_cmpuint (status_uint (env, "files_failed"), ==, 1);
+  g_assert_cmpuint (status_uint (env, "files_unchanged"), ==, 0);
+  g_assert_cmpuint (status_uint (env, "files_filtered"), ==, 0);
+  {
+    g_autoptr (cJSON) st = env_status (env);
+    const cJSON *src = cJSON_GetArrayItem (cJSON_GetObjectItem (st, "sources"), 0);
+    g_assert_true (cJSON_IsString (cJSON_GetObjectItem (src, "last_completed")));
+  }
+
+  env_faults (env, "{\"clear\":true}");
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed");
+  g_assert_cmpuint (status_uint (env, "files_processed"), ==, 1);
+  g_assert_cmpuint (status_uint (env, "files_unchanged"), ==, 0);
+
+  /* A full start lists everything: 12 files unchanged, the 4 folders are not files. */
+  g_assert_cmpstr (env_sync (env, SYNC_START_FULL), ==, "completed");
+  g_assert_cmpuint (status_uint (env, "files_processed"), ==, 0);
+  g_assert_cmpuint (status_uint (env, "files_unchanged"), ==, 12);
+  g_assert_cmpuint (status_uint (env, "files_failed"), ==, 0);
+
+  /* One change, one rename: the set also holds their folders; neither counts as a file. */
+  env_itemop (env, "modify", "{\"path\":\"/Docs/d0/f0.txt\",\"content\":\"changed\"}");
+  env_itemop (env, "rename", "{\"path\":\"/Docs/d1/f1.txt\",\"name\":\"renamed.txt\"}");
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed");
+  g_assert_cmpuint (status_uint (env, "files_processed"), ==, 1);
+  g_assert_cmpuint (status_uint (env, "renamed_count"), ==, 1);
+  g_assert_cmpuint (status_uint (env, "files_unchanged"), ==, 0);
+  assert_mirror_equals_remote (env);
+}
+
 int
 main (int argc, char **argv)
 {
+  private_mount_namespace ();
   g_test_init (&argc, &argv, NULL);
   if (!env_available ())
     {
@@ -1024,5 +1083,6 @@ main (int argc, char **argv)
   env_add ("/engine/folder-delta-not-supported", test_folder_delta_not_supported);
   env_add ("/engine/disk-full", test_disk_full);
   env_add ("/engine/timeout", test_timeout);
+  env_add ("/engine/status-counts-files", test_status_counts_files);
   return g_test_run ();
 }
