@@ -185,6 +185,20 @@ gboolean store_work_publish_batch (Store *store, StoreWork *const *works,
 gboolean store_work_fail (Store *store, const StoreWork *work, const char *error_type,
                           const char *message, GError **error);
 
+/* Takes the work out of the queue and records its item as filtered (by the engine's
+ * max_file_size, include or exclude globs), with @reason ("too_large", "not_included",
+ * "excluded", ...), in one transaction. A filtered item is not visible in the mount (one that
+ * was published is withdrawn: its cache object comes back in @stale_cache_objects, as for
+ * store_work_publish), has no work and no backoff, and is not a failure.
+ * It is reconsidered whenever a delta set reports it again: store_stage_commit queues every
+ * re-reported item that is not published, so a change of the file is honoured on its next
+ * change; and a start with "full" enumerates everything (store_source_reset_cursor, then a
+ * reconciling commit), which re-queues every filtered item, so a changed filter takes effect.
+ * A filtered item deleted remotely is forgotten at commit (nothing to delete in the mount).
+ * Superseded work: nothing happens (TRUE). */
+gboolean store_work_skip (Store *store, const StoreWork *work, const char *reason,
+                          GPtrArray **stale_cache_objects, GError **error);
+
 /* ---- runs ------------------------------------------------------------------------------ */
 
 typedef struct {

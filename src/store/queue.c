@@ -468,7 +468,7 @@ store_work_fail (Store *store, const StoreWork *work, const char *error_type, co
   if (sqlite3_changes (w->db) > 0)
     {
       g_autoptr (StoreStmt) mark = store_conn_stmt (w,
-          "UPDATE items SET state = 3 WHERE ino = ?1 AND state = 0", error);
+          "UPDATE items SET state = 3 WHERE ino = ?1 AND state IN (0, 4)", error);
       if (mark == NULL)
         goto fail;
       sqlite3_bind_int64 (mark, 1, work->ino);
@@ -480,4 +480,78 @@ store_work_fail (Store *store, const StoreWork *work, const char *error_type, co
 fail:
   store_rollback (store);
   return FALSE;
+}
+
+gboolean
+store_work_skip (Store *store, const StoreWork *work, const char *reason,
+                 GPtrArray **stale_cache_objects, GError **error)
+{
+  g_return_val_if_fail (work != NULL && reason != NULL, FALSE);
+  g_autoptr (GPtrArray) stale = g_ptr_array_new_with_free_func (g_free);
+  {
+    g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&store->write_lock);
+    StoreConn *w = store->writer;
+    if (!store_begin (store, error))
+      return FALSE;
+    g_autofree char *old_object = NULL;
+    gboolean current = FALSE;
+    {
+      g_autoptr (StoreStmt) st = store_conn_stmt (w,
+          "SELECT i.cache_object FROM work w JOIN items i ON i.ino = w.ino"
+          " WHERE w.id = ?1 AND w.ino = ?2", error);
+      if (st == NULL)
+        goto fail;
+      sqlite3_bind_int64 (st, 1, work->work_id);
+      sqlite3_bind_int64 (st, 2, work->ino);
+      int rc = sqlite3_step (st);
+      if (rc == SQLITE_ROW)
+        {
+          current = TRUE;
+          old_object = store_col_dup (st, 0);
+        }
+      else if (rc != SQLITE_DONE)
+        {
+          store_set_sqlite_error (error, w, rc, "skip");
+          goto fail;
+        }
+    }
+    /* No row: a later commit superseded the work; the newer work decides. */
+    if (current)
+      {
+        /* Invisible wherever it is, and placed where it would show: a later publish of the
+         * same item (after a change of filter or of the file) need not move its entry. */
+        g_autoptr (StoreStmt) mark = store_conn_stmt (w,
+            "UPDATE items SET state = 4, filter_reason = ?2, cache_object = NULL,"
+            " parent_ino = t_parent_ino, name = t_name, generation = generation + (state = 1)"
+            " WHERE ino = ?1", error);
+        if (mark == NULL)
+          goto fail;
+        sqlite3_bind_int64 (mark, 1, work->ino);
+        sqlite3_bind_text (mark, 2, reason, -1, SQLITE_STATIC);
+        if (!store_stmt_run (w, mark, "filter item", error))
+          goto fail;
+        g_autoptr (StoreStmt) del = store_conn_stmt (w, "DELETE FROM work WHERE id = ?1", error);
+        if (del == NULL)
+          goto fail;
+        sqlite3_bind_int64 (del, 1, work->work_id);
+        if (!store_stmt_run (w, del, "dequeue filtered", error))
+          goto fail;
+        add_stale (w, stale, old_object);
+      }
+    if (!store_commit (store, error))
+      return FALSE;
+    goto done;
+  fail:
+    store_rollback (store);
+    return FALSE;
+  }
+done:
+  if (stale_cache_objects)
+    {
+      if (*stale_cache_objects == NULL)
+        *stale_cache_objects = g_ptr_array_new_with_free_func (g_free);
+      for (guint i = 0; i < stale->len; i++)
+        g_ptr_array_add (*stale_cache_objects, g_steal_pointer (&stale->pdata[i]));
+    }
+  return TRUE;
 }

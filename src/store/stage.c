@@ -362,7 +362,7 @@ commit_locked (Store *store, gint64 source_id, const char *delta_link, gboolean 
     for (int round = 0; excluded && round < MAX_DEPTH; round++)
       {
         int changes = 0;
-        if (!run_sql (w, "UPDATE items SET state = 2 WHERE state IN (0, 3)"
+        if (!run_sql (w, "UPDATE items SET state = 2 WHERE state IN (0, 3, 4)"
                          " AND t_parent_ino IN (SELECT ino FROM items WHERE state = 2)"
                          " AND ino IN (SELECT ino FROM staged WHERE +source_id = ?1)",
                       source_id, "exclusions", &changes, error))
@@ -399,22 +399,23 @@ commit_locked (Store *store, gint64 source_id, const char *delta_link, gboolean 
         " SELECT ino, max(depth) FROM sub GROUP BY ino", "cascade");
   STEP ("INSERT OR REPLACE INTO work (ino, source_id, action)"
         " SELECT d.ino, ?1, 3 FROM temp.doomed d JOIN items i ON i.ino = d.ino"
-        " WHERE i.anchored = 0 AND i.state <> 2"
+        " WHERE i.anchored = 0 AND i.state NOT IN (2, 4)"
         " AND NOT EXISTS (SELECT 1 FROM work w WHERE w.ino = d.ino AND w.action = 3)"
         " ORDER BY d.depth DESC, d.ino", "queue deletes");
   guint deletes = 0;
   {
     g_autoptr (StoreStmt) st = store_conn_stmt (w,
         "SELECT count(*) FROM temp.doomed d JOIN items i ON i.ino = d.ino"
-        " WHERE i.anchored = 0 AND i.state <> 2", error);
+        " WHERE i.anchored = 0 AND i.state NOT IN (2, 4)", error);
     if (st == NULL)
       return FALSE;
     if (sqlite3_step (st) == SQLITE_ROW)
       deletes = sqlite3_column_int (st, 0);
     sqlite3_reset (st);
   }
-  /* An excluded item that is gone remotely has nothing on disk: forget it now. */
-  STEP ("DELETE FROM items WHERE ino IN (SELECT ino FROM temp.doomed) AND state = 2"
+  /* An excluded or filtered item that is gone remotely has nothing on disk and nothing in
+   * the mount: forget it now. */
+  STEP ("DELETE FROM items WHERE ino IN (SELECT ino FROM temp.doomed) AND state IN (2, 4)"
         " AND anchored = 0", "excluded deletes");
 
   /* 4b. Folders, parents first; then moves, updates, downloads in set order. */

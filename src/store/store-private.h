@@ -18,6 +18,7 @@ enum {
   ITEM_PUBLISHED = 1,    /* visible with its published columns */
   ITEM_EXCLUDED = 2,     /* removed by the user: recorded, never queued, invisible */
   ITEM_FAILED = 3,       /* never published and its last attempt failed: invisible */
+  ITEM_FILTERED = 4,     /* kept out by the engine's filters (filter_reason): no work, invisible */
 };
 
 typedef struct _StoreConn StoreConn;

@@ -134,6 +134,8 @@ static const char *const migrations[] = {
   /* The mount root: a synthetic directory (bound to the drive root by a source \"/\"). */
   "INSERT INTO items (ino, anchored, kind, state, t_name, name, t_parent_ino, parent_ino)"
   "  VALUES (1, 1, 1, 1, '', '', NULL, NULL);",
+  /* 1 → 2: filtered items (state 4) carry the filter's reason. */
+  "ALTER TABLE items ADD COLUMN filter_reason TEXT;",
 };
 
 #define STORE_SCHEMA_VERSION ((int) G_N_ELEMENTS (migrations))

@@ -315,16 +315,25 @@ record_failure (Run *run, const StoreWork *work, const char *type, const char *m
   g_info ("%s failed (%s): %s", path, type, message ? message : "");
 }
 
-/* A filtered item stays queued (store_work_fail keeps it with a backoff) so that a changed
- * filter brings it in later; this run reports it as filtered, not failed. */
+/* A filtered item leaves the queue and is recorded as filtered (store_work_skip): no backoff,
+ * not a failure. The store queues it again when a delta reports it again, and a "full" start
+ * re-reports everything, so a changed filter takes effect there; this run reports it as
+ * filtered. */
 static void
 record_filtered (Run *run, const StoreWork *work, const char *reason)
 {
   SyncEngine *e = run->engine;
   g_autoptr (GError) local = NULL;
+  g_autoptr (GPtrArray) stale = NULL;
   const char *path = work->path ? work->path : "";
-  if (!store_work_fail (e->store, work, reason, "filtered", &local))
-    g_warning ("cannot keep filtered %s queued: %s", path, local->message);
+  if (!store_work_skip (e->store, work, reason, &stale, &local))
+    g_warning ("cannot record filtered %s: %s", path, local->message);
+  for (guint i = 0; stale && i < stale->len; i++)
+    {
+      g_autofree char *p = g_build_filename (e->objects_dir, (const char *) stale->pdata[i], NULL);
+      if (g_unlink (p) != 0 && errno != ENOENT)
+        g_warning ("unlink(%s): %s", p, g_strerror (errno));
+    }
   sync_status_file_filtered (e->status, path, reason);
   cJSON *f = fields_path (path);
   cJSON_AddStringToObject (f, "reason", reason);

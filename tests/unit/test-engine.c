@@ -100,6 +100,19 @@ status_state (Env *env)
   return g_strdup (cJSON_GetObjectItem (st, "state")->valuestring);
 }
 
+/* Whether the store holds due work for @path. */
+static gboolean
+pending_has (Env *env, const char *path)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GPtrArray) work = store_work_next (env->store, 0, 100000, &error);
+  g_assert_no_error (error);
+  for (guint i = 0; i < work->len; i++)
+    if (g_strcmp0 (((StoreWork *) work->pdata[i])->path, path) == 0)
+      return TRUE;
+  return FALSE;
+}
+
 static void
 assert_counters_agree (Env *env)
 {
@@ -537,6 +550,32 @@ test_outcomes_never_silent (Env *env, gconstpointer data)
   g_assert_true (env_mount_has (env, "/Docs/empty.txt"));
   g_assert_false (env_mount_has (env, "/Docs/huge.bin"));
   g_assert_false (env_mount_has (env, "/Docs/skip.tmp"));
+
+  /* Filtered is not failed: nothing of it stays pending (no backoff to come due), and a plain
+   * start with nothing changed does not look at it again. */
+  g_assert_false (pending_has (env, "/Docs/huge.bin"));
+  g_assert_false (pending_has (env, "/Docs/skip.tmp"));
+  g_assert_false (pending_has (env, "/Docs/small.txt"));
+  if (have_long)
+    g_assert_true (pending_has (env, long_path));   /* an invalid name is a failure: kept */
+  env_sync (env, 0);
+  g_assert_cmpint (status_uint (env, "files_filtered"), ==, 0);
+
+  /* A full start reconsiders filtered items: same filters, filtered again (and listed)... */
+  env_sync (env, SYNC_START_FULL);
+  assert_counters_agree (env);
+  g_assert_cmpint (status_uint (env, "files_filtered"), ==, 2);
+  g_assert_false (pending_has (env, "/Docs/huge.bin"));
+  g_assert_false (pending_has (env, "/Docs/skip.tmp"));
+  g_assert_false (env_mount_has (env, "/Docs/huge.bin"));
+
+  /* ... and with the filters gone, a full start brings them in. */
+  env_engine (env, NULL);
+  env_sync (env, SYNC_START_FULL);
+  assert_counters_agree (env);
+  g_assert_cmpint (status_uint (env, "files_filtered"), ==, 0);
+  g_assert_true (env_mount_has (env, "/Docs/huge.bin"));
+  g_assert_true (env_mount_has (env, "/Docs/skip.tmp"));
 }
 
 static void

@@ -482,6 +482,88 @@ test_fail_retry (Fixture *f, gconstpointer data)
   g_assert_cmpint (a3->action, ==, STORE_ACTION_DOWNLOAD);
 }
 
+/* Filtered work leaves the queue at once (no backoff, no failure), the item is invisible,
+ * and it comes back whenever a set reports it again (a change, or a full enumeration). */
+static void
+test_skip_filtered (Fixture *f, gconstpointer data)
+{
+  GError *error = NULL;
+  gint64 sid = standard_tree (f);
+  g_autoptr (GPtrArray) work = take_work (f);
+  StoreWork *a = find_work (work, "a");
+  g_autoptr (GPtrArray) stale = NULL;
+  g_assert_true (store_work_skip (f->store, a, "too_large", &stale, &error));
+  g_assert_no_error (error);
+  g_assert_true (stale == NULL || stale->len == 0);   /* never published: no bytes */
+  for (guint i = 0; i < work->len; i++)
+    if (work->pdata[i] != a)
+      publish (f, work->pdata[i], NULL);
+
+  guint count = 99;
+  g_assert_true (store_work_count (f->store, &count, NULL));
+  g_assert_cmpuint (count, ==, 0);                    /* not pending, not in backoff */
+  g_assert_cmpuint (resolve (f, "/Docs/Reports/F/a.txt"), ==, 0);
+  g_assert_cmpuint (resolve (f, "/Docs/Reports/b.txt"), !=, 0);
+  g_autofree char *names = readdir_names (f, resolve (f, "/Docs/Reports/F"));
+  g_assert_cmpstr (names, ==, "");
+
+  /* Skipping superseded work changes nothing. */
+  g_assert_true (store_work_skip (f->store, a, "too_large", NULL, &error));
+  g_assert_no_error (error);
+
+  /* A set that reports it again (changed, or a full enumeration) queues it again. */
+  GPtrArray *set = items_new ();
+  g_ptr_array_add (set, mk_file ("a", "F", "a.txt", "ha1"));
+  g_ptr_array_add (set, mk_file ("b", "R", "b.txt", "hb1"));
+  g_ptr_array_add (set, mk_dir ("F", "R", "F"));
+  StoreCommitStats st = commit_set (f, sid, set, "link-2", TRUE);
+  g_assert_cmpuint (st.queued_downloads, ==, 1);
+  g_assert_cmpuint (st.queued_deletes, ==, 0);
+  g_autoptr (GPtrArray) again = take_work (f);
+  g_assert_cmpuint (again->len, ==, 1);
+  StoreWork *a2 = find_work (again, "a");
+  g_assert_nonnull (a2);
+  g_assert_cmpint (a2->action, ==, STORE_ACTION_DOWNLOAD);
+  g_assert_cmpuint (a2->attempts, ==, 0);
+  g_assert_null (a2->old_path);
+  publish (f, a2, NULL);
+  guint64 ino_a = resolve (f, "/Docs/Reports/F/a.txt");
+  g_assert_cmpuint (ino_a, ==, a2->ino);
+
+  /* A published file whose new content is filtered is withdrawn; its bytes are stale. */
+  GPtrArray *set3 = items_new ();
+  g_ptr_array_add (set3, mk_file ("a", "F", "a.txt", "ha2"));
+  commit_set (f, sid, set3, "link-3", FALSE);
+  g_autoptr (GPtrArray) up = take_work (f);
+  g_assert_cmpuint (up->len, ==, 1);
+  g_assert_cmpint (((StoreWork *) up->pdata[0])->action, ==, STORE_ACTION_UPDATE);
+  g_autoptr (GPtrArray) stale3 = NULL;
+  g_assert_true (store_work_skip (f->store, up->pdata[0], "excluded", &stale3, &error));
+  g_assert_no_error (error);
+  g_assert_nonnull (stale3);
+  g_assert_cmpuint (stale3->len, ==, 1);
+  g_assert_cmpstr (stale3->pdata[0], ==, "obj-a-ha1");
+  g_assert_cmpuint (resolve (f, "/Docs/Reports/F/a.txt"), ==, 0);
+  g_auto (StoreEntry) gone = { 0 };
+  g_assert_false (store_getattr (f->store, ino_a, &gone, &error));
+  g_assert_error (error, STORE_ERROR, STORE_ERROR_NOT_FOUND);
+  g_clear_error (&error);
+
+  /* Deleted remotely while filtered: forgotten, nothing to delete in the mount. */
+  GPtrArray *set4 = items_new ();
+  GraphItem *tomb = mk_file ("a", "F", "a.txt", "ha2");
+  tomb->deleted = TRUE;
+  g_ptr_array_add (set4, tomb);
+  StoreCommitStats st4 = commit_set (f, sid, set4, "link-4", FALSE);
+  g_assert_cmpuint (st4.queued_deletes, ==, 0);
+  g_assert_true (store_work_count (f->store, &count, NULL));
+  g_assert_cmpuint (count, ==, 0);
+  g_autofree char *path = store_path (f->store, ino_a, &error);
+  g_assert_null (path);
+  g_assert_error (error, STORE_ERROR, STORE_ERROR_NOT_FOUND);
+  g_clear_error (&error);
+}
+
 static void
 test_superseded_publish (Fixture *f, gconstpointer data)
 {
@@ -843,6 +925,7 @@ main (int argc, char **argv)
   T ("/store/commit/reset-cursor", test_reset_cursor);
   T ("/store/queue/fail-retry", test_fail_retry);
   T ("/store/queue/superseded-publish", test_superseded_publish);
+  T ("/store/queue/skip-filtered", test_skip_filtered);
   T ("/store/queue/publish-batch", test_publish_batch);
   T ("/store/sources/overlap", test_overlap);
   T ("/store/sources/synthetic-dirs", test_synthetic_dirs);
