@@ -597,6 +597,16 @@ make_empty_object (SyncEngine *e, const StoreWork *work, GError **error)
   return name;
 }
 
+/* The partial download of @it's current content: one name per (id, hash), so a resumed
+ * attempt finds it and a changed file never resumes from the old bytes. */
+static char *
+part_name_for (const GraphItem *it)
+{
+  g_autofree char *sid = sanitize_id (it->id);
+  g_autofree char *shash = sanitize_id (it->quickxor_hash ? it->quickxor_hash : "nohash");
+  return g_strdup_printf ("%s-%s.part", sid, shash);
+}
+
 /* Downloads @work's content; returns the object name in objects/ or NULL. */
 static char *
 download (Task *t, GError **error)
@@ -605,8 +615,7 @@ download (Task *t, GError **error)
   SyncEngine *e = run->engine;
   const GraphItem *it = t->work->item;
   g_autofree char *sid = sanitize_id (it->id);
-  g_autofree char *shash = sanitize_id (it->quickxor_hash ? it->quickxor_hash : "nohash");
-  g_autofree char *part_name = g_strdup_printf ("%s-%s.part", sid, shash);
+  g_autofree char *part_name = part_name_for (it);
   g_autofree char *part = g_build_filename (e->tmp_dir, part_name, NULL);
 
   int fd = open (part, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
@@ -1229,6 +1238,97 @@ clean_tmp (SyncEngine *e)
     }
 }
 
+/* Adds the cache objects of the published tree under @ino to @refs. FALSE on any error. */
+static gboolean
+collect_referenced (Store *store, guint64 ino, GHashTable *refs, guint depth, GError **error)
+{
+  if (depth > 4096)
+    return TRUE;   /* a cycle cannot be published; stop rather than recurse forever */
+  g_autoptr (GPtrArray) entries = store_readdir (store, ino, error);
+  if (!entries)
+    return FALSE;
+  for (guint i = 0; i < entries->len; i++)
+    {
+      StoreEntry *en = entries->pdata[i];
+      if (en->cache_object)
+        g_hash_table_add (refs, g_strdup (en->cache_object));
+      if (en->kind == STORE_KIND_DIR && en->ino != ino && !collect_referenced (store, en->ino, refs, depth + 1, error))
+        return FALSE;
+    }
+  return TRUE;
+}
+
+/* Crash hygiene, at engine start (no run, no worker can be renaming or publishing now):
+ *  - an object in objects/ that no published item references is an orphan of a crash between
+ *    its rename and the publish commit (or of an unlink that never happened): removed;
+ *  - a tmp/ file that no pending download would resume (its name is per id and hash, see
+ *    part_name_for) is a leftover of work that is gone or changed: removed.
+ * When the store cannot be read completely nothing is removed: an object wrongly taken for an
+ * orphan would be a published file without bytes. */
+static void
+collect_orphans (SyncEngine *e)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GHashTable) refs = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
+  guint removed_objects = 0, removed_parts = 0;
+  if (collect_referenced (e->store, STORE_ROOT_INO, refs, 0, &error))
+    {
+      g_autoptr (GDir) d = g_dir_open (e->objects_dir, 0, NULL);
+      const char *name;
+      while (d && (name = g_dir_read_name (d)))
+        {
+          if (g_hash_table_contains (refs, name))
+            continue;
+          g_autofree char *p = g_build_filename (e->objects_dir, name, NULL);
+          if (g_unlink (p) == 0)
+            removed_objects++;
+          else
+            g_warning ("unlink(%s): %s", p, g_strerror (errno));
+        }
+    }
+  else
+    g_warning ("cache objects not checked for orphans: %s", error->message);
+  g_clear_error (&error);
+
+  g_autoptr (GHashTable) resumable = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
+  gboolean complete = TRUE;
+  for (gint64 after = 0;;)
+    {
+      g_autoptr (GPtrArray) batch = store_work_next (e->store, after, DISPATCH_BATCH, &error);
+      if (!batch)
+        {
+          g_warning ("partial downloads not checked: %s", error->message);
+          complete = FALSE;
+          break;
+        }
+      if (batch->len == 0)
+        break;
+      for (guint i = 0; i < batch->len; i++)
+        {
+          const StoreWork *w = batch->pdata[i];
+          if (w->item && (w->action == STORE_ACTION_DOWNLOAD || w->action == STORE_ACTION_UPDATE))
+            g_hash_table_add (resumable, part_name_for (w->item));
+          after = MAX (after, w->work_id);
+        }
+    }
+  if (complete)
+    {
+      g_autoptr (GDir) d = g_dir_open (e->tmp_dir, 0, NULL);
+      const char *name;
+      while (d && (name = g_dir_read_name (d)))
+        {
+          if (g_hash_table_contains (resumable, name))
+            continue;
+          g_autofree char *p = g_build_filename (e->tmp_dir, name, NULL);
+          if (g_unlink (p) == 0)
+            removed_parts++;
+        }
+    }
+  if (removed_objects || removed_parts)
+    g_info ("cache: removed %u orphaned object(s) and %u partial download(s) nothing will resume", removed_objects,
+            removed_parts);
+}
+
 static gpointer
 run_main (gpointer data)
 {
@@ -1466,6 +1566,7 @@ sync_engine_new (const SyncConfig *config, Store *store, GraphClient *client, GE
   g_mutex_init (&e->lock);
   g_mutex_init (&e->timer_lock);
   g_cond_init (&e->timer_cond);
+  collect_orphans (e);
 
   e->include_globs = g_ptr_array_new_with_free_func (spec_free);
   e->exclude_globs = g_ptr_array_new_with_free_func (spec_free);

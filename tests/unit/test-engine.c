@@ -1091,6 +1091,52 @@ test_status_counts_files (Env *env, gconstpointer data)
   assert_mirror_equals_remote (env);
 }
 
+static void
+test_crash_leftovers_collected (Env *env, gconstpointer data)
+{
+  /* At engine start, an object no published item references (a crash between its rename and
+   * the publish) and a partial download no pending work resumes are removed; a partial download
+   * that pending work will resume is kept, and resumed with Range. */
+  env_add_file (env, "/Docs/a.txt", "alpha");
+  env_add_file (env, "/Docs/b.txt", "beta");
+  env_engine (env, &(EnvOptions){ .workers = 1 });
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed");
+  g_assert_cmpuint (env_cache_objects (env), ==, 2);
+
+  /* A cancelled transfer leaves a resumable part. */
+  env_add_generated (env, "/Docs/big.bin", 256 * 1024, 5);
+  env_faults (env, "{\"bandwidth_bps\":32768}");
+  g_assert_true (sync_engine_start (env->engine, 0, NULL));
+  wait_bytes_served (env, 1, 16 * 1024);
+  g_assert_true (sync_engine_cancel (env->engine));
+  g_assert_true (sync_engine_wait_idle (env->engine, 30 * G_USEC_PER_SEC));
+  g_assert_cmpuint (count_parts (env), ==, 1);
+
+  /* What a crash leaves behind. */
+  g_autofree char *orphan = g_build_filename (env->cache_dir, "objects", "ORPHAN-00000000deadbeef", NULL);
+  g_autofree char *stray = g_build_filename (env->cache_dir, "tmp", "GONE_1-nohash.part", NULL);
+  g_assert_true (g_file_set_contents (orphan, "bytes nobody publishes", -1, NULL));
+  g_assert_true (g_file_set_contents (stray, "a part nobody resumes", -1, NULL));
+  g_assert_cmpuint (env_cache_objects (env), ==, 3);
+  g_assert_cmpuint (count_parts (env), ==, 2);
+
+  env_engine (env, &(EnvOptions){ .workers = 1 });   /* a restart */
+  g_assert_false (g_file_test (orphan, G_FILE_TEST_EXISTS));
+  g_assert_false (g_file_test (stray, G_FILE_TEST_EXISTS));
+  g_assert_cmpuint (env_cache_objects (env), ==, 2);   /* the published ones stay */
+  g_assert_cmpuint (count_parts (env), ==, 1);         /* the resumable one stays */
+
+  env_faults (env, "{\"bandwidth_bps\":0}");
+  env_do (env, "POST", "stats/reset", "{}");
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed");
+  assert_mirror_equals_remote (env);
+  g_autoptr (cJSON) stats = env_admin (env, "GET", "stats", NULL);
+  g_assert_cmpfloat (cJSON_GetObjectItem (stats, "ranged_downloads")->valuedouble, ==, 1);
+  g_assert_cmpfloat (cJSON_GetObjectItem (stats, "full_downloads")->valuedouble, ==, 0);
+  g_assert_cmpuint (count_parts (env), ==, 0);
+  g_assert_cmpuint (env_cache_objects (env), ==, 3);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -1123,5 +1169,6 @@ main (int argc, char **argv)
   env_add ("/engine/disk-full", test_disk_full);
   env_add ("/engine/timeout", test_timeout);
   env_add ("/engine/status-counts-files", test_status_counts_files);
+  env_add ("/engine/crash-leftovers-collected", test_crash_leftovers_collected);
   return g_test_run ();
 }
