@@ -7,8 +7,13 @@
  * calling thread. The state database is opened once to check it and again after the fork, so
  * SQLite never sees a connection cross a fork.
  *
- * Shutdown: SIGINT, SIGTERM, SIGHUP or fusermount3 -u end the FUSE loop; then the active run
- * is cancelled, the engine saves its state while stopping, the mount goes away and we exit 0.
+ * Shutdown, in this order: cancel, save, unmount. SIGINT, SIGTERM and SIGHUP are blocked in
+ * every thread and taken by one signal thread (sigwait), which cancels the active run and waits
+ * for the engine to be idle while the FUSE loop still serves requests: a kernel notification
+ * the engine's last publishes cause may wait for a request to be answered, so the loop must
+ * outlive them. Only then is the loop asked to end, and the main thread, waiting inside
+ * libfuse's loop, is woken with SIGUSR1. fusermount3 -u ends the loop from the kernel side;
+ * then the run is cancelled and saved after the fact. Either way we exit 0.
  * Exit codes are documented in docs/daemon.md.
  */
 #define G_LOG_DOMAIN "odsf-daemon"
@@ -21,6 +26,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <locale.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <sys/statvfs.h>
@@ -183,14 +189,56 @@ open_store (const char *cache_dir, int *code)
 }
 
 static void
-block_signals (gboolean block)
+stop_signals (sigset_t *set)
 {
+  sigemptyset (set);
+  sigaddset (set, SIGINT);
+  sigaddset (set, SIGTERM);
+  sigaddset (set, SIGHUP);
+}
+
+/* The mount SIGUSR1 wakes; set once before the signal thread starts. */
+static FsMount *wake_mount;
+
+static void
+on_wake (int sig)
+{
+  if (wake_mount != NULL)
+    fs_mount_exit (wake_mount);   /* sets a flag: async-signal-safe */
+}
+
+typedef struct {
+  SyncEngine *engine;
+  FsMount    *mount;
+  pthread_t   main_thread;
+  gint        loop_done;   /* atomic: fs_mount_run() returned */
+  gint        quit;        /* atomic: main is shutting down; the wake-up is not a signal */
+} SignalContext;
+
+/* A plain pthread, not a GThread: main must be able to pthread_kill() it from the start. */
+static void *
+signal_thread (void *data)
+{
+  SignalContext *c = data;
   sigset_t set;
-  sigemptyset (&set);
-  sigaddset (&set, SIGINT);
-  sigaddset (&set, SIGTERM);
-  sigaddset (&set, SIGHUP);
-  pthread_sigmask (block ? SIG_BLOCK : SIG_UNBLOCK, &set, NULL);
+  int sig = 0;
+  stop_signals (&set);
+  if (sigwait (&set, &sig) != 0 || g_atomic_int_get (&c->quit))
+    return NULL;
+  g_info ("%s: cancelling, saving, unmounting", g_strsignal (sig));
+  if (sync_engine_cancel (c->engine))
+    g_info ("cancelled the active run");
+  if (!sync_engine_wait_idle (c->engine, 60 * G_USEC_PER_SEC))
+    g_warning ("the engine did not stop within 60 s; unmounting anyway");
+  fs_mount_exit (c->mount);
+  /* Until the loop has really returned: a wake-up that lands just before the loop's wait
+   * would be lost, so knock again. */
+  while (!g_atomic_int_get (&c->loop_done))
+    {
+      pthread_kill (c->main_thread, SIGUSR1);
+      g_usleep (50 * 1000);
+    }
+  return NULL;
 }
 
 int
@@ -200,6 +248,14 @@ main (int argc, char **argv)
   int code = EXIT_OK;
 
   setlocale (LC_ALL, "");
+  /* Before any thread exists, so that every thread inherits the mask (see the top). */
+  sigset_t stop_set;
+  stop_signals (&stop_set);
+  pthread_sigmask (SIG_BLOCK, &stop_set, NULL);
+  signal (SIGPIPE, SIG_IGN);
+  struct sigaction wake = { .sa_handler = on_wake };   /* no SA_RESTART: interrupt the wait */
+  sigemptyset (&wake.sa_mask);
+  sigaction (SIGUSR1, &wake, NULL);
   g_log_set_writer_func (log_writer, NULL, NULL);
   fs_route_fuse_log ();
 
@@ -266,10 +322,6 @@ main (int argc, char **argv)
     return code;
   fs_mount_set_store (mount, store);
 
-  /* Only the main thread takes SIGINT/SIGTERM/SIGHUP: libfuse's handler ends the loop only
-   * when it interrupts the main thread's wait. Threads inherit the mask they are created with. */
-  block_signals (TRUE);
-
   GraphConfig graph_config = {
     .graph_url = opts->graph_url,
     .login_url = opts->login_url,
@@ -282,7 +334,6 @@ main (int argc, char **argv)
   g_autoptr (GraphClient) client = graph_client_new (&graph_config, &error);
   if (client == NULL)
     {
-      block_signals (FALSE);
       return fail (EXIT_TOKEN, "token file %s: %s", opts->token_file, error->message);
     }
 
@@ -305,13 +356,17 @@ main (int argc, char **argv)
   g_ptr_array_remove_index (opts->exclude_globs, opts->exclude_globs->len - 1);
   if (engine == NULL)
     {
-      block_signals (FALSE);
       return fail (EXIT_FAILURE_OTHER, "cannot start the sync engine: %s", error->message);
     }
 
   fs_mount_attach (mount, engine);
   sync_engine_set_notify (engine, fs_mount_notify, mount);
-  block_signals (FALSE);
+
+  wake_mount = mount;
+  SignalContext signals = { .engine = engine, .mount = mount, .main_thread = pthread_self () };
+  pthread_t signal_tid;
+  if (pthread_create (&signal_tid, NULL, signal_thread, &signals) != 0)
+    return fail (EXIT_FAILURE_OTHER, "cannot start the signal thread");
 
   g_info ("mounted %s at %s (profile %s, cache %s)", opts->sources->len == 1 ? (char *) opts->sources->pdata[0] : "sources",
           opts->mountpoint, opts->profile, opts->cache_dir);
@@ -325,8 +380,11 @@ main (int argc, char **argv)
   int rc = fs_mount_run (mount, opts->singlethread);
   if (rc < 0)
     g_warning ("the FUSE loop ended with %s", g_strerror (-rc));
-  else if (rc > 0)
-    g_info ("signal %d: stopping", rc);
+  g_atomic_int_set (&signals.loop_done, 1);
+  g_atomic_int_set (&signals.quit, 1);
+  pthread_kill (signal_tid, SIGTERM);   /* ends its sigwait, or it is already on its way out */
+  pthread_join (signal_tid, NULL);
+  wake_mount = NULL;
 
   /* Cancel, save, unmount. The engine stops calling us before it is freed. */
   if (sync_engine_cancel (engine))

@@ -41,8 +41,9 @@ typedef struct {
 typedef struct _FsMount FsMount;
 
 /* Creates the low-level session with @fuse_argv (argv[0] first) and mounts it at @mountpoint.
- * Borrows everything in @config (strings are copied). Installs SIGINT/SIGTERM/SIGHUP handlers
- * that end fs_mount_run(). FS_ERROR_MOUNTPOINT / FS_ERROR_OPTIONS / FS_ERROR_SESSION on failure. */
+ * Borrows everything in @config (strings are copied). Installs no signal handlers: the daemon
+ * decides when the loop ends (fs_mount_exit). FS_ERROR_MOUNTPOINT / FS_ERROR_OPTIONS /
+ * FS_ERROR_SESSION on failure. */
 FsMount *fs_mount_new (const FsConfig *config, char **fuse_argv, const char *mountpoint, GError **error);
 
 /* Sets the store requests read (borrowed); before fs_mount_run() only. fs_mount_new() may get
@@ -53,9 +54,15 @@ void fs_mount_set_store (FsMount *mount, Store *store);
  * through the invalidation thread, which this starts. @engine is borrowed until detach. */
 void fs_mount_attach (FsMount *mount, SyncEngine *engine);
 
-/* Serves requests until the mount is unmounted (fusermount3 -u) or a signal arrives.
- * Returns 0, or the signal number that ended it, or a negative errno. */
+/* Serves requests until the mount is unmounted (fusermount3 -u) or fs_mount_exit() was called
+ * and the loop woke up. Returns 0 or a negative errno. After it returns no kernel notification
+ * is sent any more (nobody would answer the requests they may wait for). */
 int fs_mount_run (FsMount *mount, gboolean singlethread);
+
+/* Asks the loop to end (async-signal-safe: it only sets a flag). The multi-threaded loop
+ * notices when the thread running fs_mount_run() is interrupted by a signal or a request
+ * arrives; the daemon wakes it with a signal. */
+void fs_mount_exit (FsMount *mount);
 
 /* Stops the invalidation thread and forgets the engine: after this no engine callback touches
  * the session. Pending blocked reads of .sync/events are answered. Safe to call twice. */

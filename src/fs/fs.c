@@ -153,7 +153,7 @@ struct _FsMount {
   gboolean    allow_other;
   gint64      started;
   gboolean    mounted;
-  gboolean    signals_installed;
+  gint        loop_ended;             /* atomic: no request is served any more */
 
   /* Set by attach before the loop runs and cleared by detach after it ended, so request
    * handlers read it without a lock. */
@@ -1485,6 +1485,15 @@ static const struct fuse_lowlevel_ops fs_ops = {
 
 /* ---- the invalidation thread --------------------------------------------------------- */
 
+/* Once the loop has ended nobody answers the kernel, and a notification that needs a
+ * directory lock held by a request waiting for an answer would block for ever: drop them.
+ * (The mount is going away; its caches go with it.) */
+static gboolean
+notifications_off (FsMount *m)
+{
+  return g_atomic_int_get (&m->loop_ended) != 0;
+}
+
 static void
 check_notify (int rc, const char *what)
 {
@@ -1496,6 +1505,8 @@ check_notify (int rc, const char *what)
 static void
 invalidate_published (FsMount *m, const Note *note)
 {
+  if (notifications_off (m))
+    return;
   if (note->name != NULL && *note->name != '\0')
     {
       fuse_ino_t parent = note->parent_ino;
@@ -1527,7 +1538,8 @@ wake_status_pollers (FsMount *m)
 {
   g_autoptr (GPtrArray) phs = g_ptr_array_new ();
   g_atomic_int_set (&m->status_note_queued, 0);
-  check_notify (fuse_lowlevel_notify_inval_inode (m->se, FUSE_ROOT_ID, 0, 0), "inval_inode root");
+  if (!notifications_off (m))
+    check_notify (fuse_lowlevel_notify_inval_inode (m->se, FUSE_ROOT_ID, 0, 0), "inval_inode root");
   g_mutex_lock (&m->lock);
   for (guint i = 0; i < m->status_handles->len; i++)
     {
@@ -1538,7 +1550,8 @@ wake_status_pollers (FsMount *m)
   g_mutex_unlock (&m->lock);
   for (guint i = 0; i < phs->len; i++)
     {
-      check_notify (fuse_lowlevel_notify_poll (phs->pdata[i]), "notify_poll");
+      if (!notifications_off (m))
+        check_notify (fuse_lowlevel_notify_poll (phs->pdata[i]), "notify_poll");
       fuse_pollhandle_destroy (phs->pdata[i]);
     }
 }
@@ -1561,7 +1574,8 @@ wake_event_readers (FsMount *m)
   g_mutex_unlock (&m->lock);
   for (guint i = 0; i < phs->len; i++)
     {
-      check_notify (fuse_lowlevel_notify_poll (phs->pdata[i]), "notify_poll");
+      if (!notifications_off (m))
+        check_notify (fuse_lowlevel_notify_poll (phs->pdata[i]), "notify_poll");
       fuse_pollhandle_destroy (phs->pdata[i]);
     }
 }
@@ -1741,13 +1755,6 @@ fs_mount_new (const FsConfig *config, char **fuse_argv, const char *mountpoint, 
       fs_mount_free (m);
       return NULL;
     }
-  if (fuse_set_signal_handlers (m->se) != 0)
-    {
-      g_set_error (error, FS_ERROR, FS_ERROR_FAILED, "cannot install signal handlers");
-      fs_mount_free (m);
-      return NULL;
-    }
-  m->signals_installed = TRUE;
   if (fuse_session_mount (m->se, mountpoint) != 0)
     {
       g_set_error (error, FS_ERROR, FS_ERROR_SESSION, "cannot mount at %s (see above)", mountpoint);
@@ -1776,13 +1783,24 @@ int
 fs_mount_run (FsMount *m, gboolean singlethread)
 {
   if (singlethread)
-    return fuse_session_loop (m->se);
+    {
+      int rc = fuse_session_loop (m->se);
+      g_atomic_int_set (&m->loop_ended, 1);
+      return rc;
+    }
   struct fuse_loop_config *cfg = fuse_loop_cfg_create ();
   fuse_loop_cfg_set_clone_fd (cfg, 0);
   fuse_loop_cfg_set_max_threads (cfg, 16);
   int rc = fuse_session_loop_mt (m->se, cfg);
   fuse_loop_cfg_destroy (cfg);
+  g_atomic_int_set (&m->loop_ended, 1);
   return rc;
+}
+
+void
+fs_mount_exit (FsMount *m)
+{
+  fuse_session_exit (m->se);
 }
 
 void
@@ -1818,8 +1836,6 @@ fs_mount_free (FsMount *m)
     note_free (note);
   if (m->se != NULL)
     {
-      if (m->signals_installed)
-        fuse_remove_signal_handlers (m->se);
       if (m->mounted)
         fuse_session_unmount (m->se);
       fuse_session_destroy (m->se);

@@ -41,6 +41,7 @@
 #include <onedrive-syncfs/sync-engine.h>
 
 #include "engine-private.h"
+#include "root-delta.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -846,10 +847,21 @@ enumerate_source (Run *run, const char *path)
   else if (run->flags & SYNC_START_FULL)
     reconcile = TRUE, resync_reason = "full_start";
 
+  /* Business drives may refuse folder-scoped delta: such a source reads the root delta and
+   * filters it by ancestry (root-delta.c); the mode persists next to the cache. */
+  g_autofree char *modes_dir = g_build_filename (e->cache_dir, "sources", NULL);
+  g_autoptr (SyncRootDelta) rd = sync_root_delta_load (modes_dir, source_id);
+  if (sync_root_delta_active (rd) && !cursor)
+    sync_root_delta_activate (rd);   /* a fresh enumeration rebuilds what is known */
+
   sync_status_source_set (e->status, path, "enumerating", last_completed, cursor != NULL, NULL);
 
-  for (guint attempt = 0;; attempt++)
+  gboolean resynced = FALSE;
+  for (;;)
     {
+      gboolean root_mode = sync_root_delta_active (rd);
+      g_autoptr (GPtrArray) set = root_mode ? g_ptr_array_new_with_free_func ((GDestroyNotify) graph_item_free) : NULL;
+      gboolean switch_to_root = FALSE;
       if (!store_stage_begin (e->store, source_id, &error))
         {
           run_note_source_error (run, path, error->message);
@@ -863,12 +875,18 @@ enumerate_source (Run *run, const char *path)
         {
           if (g_cancellable_is_cancelled (run->cancel))
             return FALSE;
-          g_autoptr (GraphDeltaPage) page = graph_client_delta (e->client, link, drive_id, item_id, run->cancel, &error);
+          g_autoptr (GraphDeltaPage) page
+              = graph_client_delta (e->client, link, drive_id, root_mode ? NULL : item_id, run->cancel, &error);
           if (!page)
             {
-              if (g_error_matches (error, GRAPH_ERROR, GRAPH_ERROR_RESYNC_REQUIRED) && attempt == 0)
+              if (g_error_matches (error, GRAPH_ERROR, GRAPH_ERROR_RESYNC_REQUIRED) && !resynced)
                 {
                   resync = TRUE;
+                  break;
+                }
+              if (g_error_matches (error, GRAPH_ERROR, GRAPH_ERROR_NOT_SUPPORTED) && !root_mode)
+                {
+                  switch_to_root = TRUE;
                   break;
                 }
               if (!g_cancellable_is_cancelled (run->cancel))
@@ -876,10 +894,17 @@ enumerate_source (Run *run, const char *path)
               return FALSE;
             }
           pages++;
-          report_unmirrored (run, path, item_id, page->items);
           for (guint i = 0; page->item_errors && i < page->item_errors->len; i++)
             g_warning ("%s: item skipped by the parser: %s", path, (const char *) page->item_errors->pdata[i]);
-          if (page->items->len > 0 && !store_stage_add (e->store, source_id, page->items, &error))
+          if (root_mode)
+            {
+              /* Ancestry needs the whole set (a child may come before its parent). */
+              for (guint i = 0; i < page->items->len; i++)
+                g_ptr_array_add (set, graph_item_copy (page->items->pdata[i]));
+            }
+          else
+            report_unmirrored (run, path, item_id, page->items);
+          if (!root_mode && page->items->len > 0 && !store_stage_add (e->store, source_id, page->items, &error))
             {
               run_note_source_error (run, path, error->message);
               return FALSE;
@@ -892,6 +917,28 @@ enumerate_source (Run *run, const char *path)
               run_note_source_error (run, path, "delta page without a link");
               return FALSE;
             }
+        }
+
+      if (switch_to_root)
+        {
+          /* notSupported: read the root delta from now on. What the folder cursor covered is
+           * reconciled against a fresh enumeration. */
+          g_info ("%s: folder-scoped delta not supported: root delta filtered by ancestry", path);
+          g_clear_error (&error);
+          sync_root_delta_activate (rd);
+          if (!sync_root_delta_save (rd, &error)
+              || (cursor && !store_source_reset_cursor (e->store, source_id, &error)))
+            {
+              run_note_source_error (run, path, error->message);
+              return FALSE;
+            }
+          if (cursor)
+            reconcile = TRUE, resync_reason = "delta_mode_changed";
+          g_clear_pointer (&cursor, g_free);
+          cJSON *f = fields_path (path);
+          cJSON_AddStringToObject (f, "mode", "root");
+          emit (e, "source_delta_mode", f);
+          continue;
         }
 
       if (resync)
@@ -907,7 +954,10 @@ enumerate_source (Run *run, const char *path)
             }
           g_clear_pointer (&cursor, g_free);
           reconcile = TRUE;
+          resynced = TRUE;
           resync_reason = "resync_required";
+          if (root_mode)
+            sync_root_delta_activate (rd);
           cJSON *f = fields_path (path);
           cJSON_AddStringToObject (f, "reason", resync_reason);
           emit (e, "source_resync", f);
@@ -917,11 +967,52 @@ enumerate_source (Run *run, const char *path)
       if (g_cancellable_is_cancelled (run->cancel))
         return FALSE;   /* decided before the commit: the old cursor stands */
 
+      if (root_mode)
+        {
+          /* Known ids grow before the commit, shrink after it (see root-delta.c). */
+          g_autoptr (GPtrArray) mine = sync_root_delta_filter (rd, item_id, set, cursor != NULL);
+          if (sync_root_delta_needs_rescan (rd))
+            {
+              g_info ("%s: a folder moved in from outside: enumerating the root delta afresh", path);
+              sync_root_delta_activate (rd);
+              if (!store_source_reset_cursor (e->store, source_id, &error))
+                {
+                  run_note_source_error (run, path, error->message);
+                  return FALSE;
+                }
+              g_clear_pointer (&cursor, g_free);
+              reconcile = TRUE;
+              resync_reason = "folder_moved_in";
+              cJSON *f = fields_path (path);
+              cJSON_AddStringToObject (f, "reason", resync_reason);
+              emit (e, "source_resync", f);
+              continue;
+            }
+          report_unmirrored (run, path, item_id, mine);
+          if (!sync_root_delta_save (rd, &error)
+              || (mine->len > 0 && !store_stage_add (e->store, source_id, mine, &error)))
+            {
+              run_note_source_error (run, path, error->message);
+              return FALSE;
+            }
+          g_debug ("%s: root delta: %u of %u items are the source's", path, mine->len, set->len);
+        }
+
       StoreCommitStats stats = { 0 };
       if (!store_stage_commit (e->store, source_id, delta_link, reconcile, &stats, &error))
         {
           run_note_source_error (run, path, error->message);
           return FALSE;
+        }
+      if (root_mode)
+        {
+          sync_root_delta_forget_left (rd);
+          if (!sync_root_delta_save (rd, &error))
+            {
+              /* The commit stands; a superset of known ids is harmless. */
+              g_warning ("%s: %s", path, error->message);
+              g_clear_error (&error);
+            }
         }
       g_debug ("%s: %u pages; queued %u downloads, %u updates, %u moves, %u deletes; %u unchanged", path, pages,
                stats.queued_downloads, stats.queued_updates, stats.queued_moves, stats.queued_deletes, stats.unchanged);

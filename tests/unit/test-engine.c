@@ -865,6 +865,64 @@ test_sigkill_restart (Env *env, gconstpointer data)
   assert_no_download_twice (env, 96 * 1024);
 }
 
+
+static void
+test_folder_delta_not_supported (Env *env, gconstpointer data)
+{
+  /* Business: folder-scoped delta answers notSupported. The source reads the root delta and
+   * keeps what lies under it; an item moved out is a deletion for it; the mode persists. */
+  env_faults (env, "{\"folder_delta_not_supported\":true,\"delta_shuffle\":true,\"delta_short_pages\":true}");
+  env_add_file (env, "/Docs/a.txt", "alpha");
+  env_add_file (env, "/Docs/sub/b.txt", "beta");
+  env_add_file (env, "/Docs/sub/deep/c.txt", "gamma");
+  env_add_file (env, "/Docs/leaves.txt", "moved out later");
+  env_add_file (env, "/Other/x.txt", "outside");
+  env_add_file (env, "/Other/y/z.txt", "outside too");
+  env_engine (env, NULL);
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed");
+  assert_mirror_equals_remote (env);
+  assert_each_downloaded_once (env);
+  g_assert_cmpuint (status_uint (env, "files_processed"), ==, 4);
+  g_assert_false (env_mount_has (env, "/Other/x.txt"));
+  g_autofree char *mode_file = g_build_filename (env->cache_dir, "sources", "source-1.json", NULL);
+  g_autofree char *mode = NULL;
+  g_assert_true (g_file_get_contents (mode_file, &mode, NULL, NULL));
+  g_assert_nonnull (strstr (mode, "\"mode\":\"root\""));
+
+  /* Incremental, after a restart (the mode must come from disk): moves out, in and inside,
+   * a new file, changes outside. */
+  env_itemop (env, "move", "{\"path\":\"/Docs/leaves.txt\",\"parent_path\":\"/Other\"}");
+  env_itemop (env, "modify", "{\"path\":\"/Other/x.txt\",\"content\":\"changed outside\"}");
+  env_add_file (env, "/Docs/sub/deep/new.txt", "new");
+  env_add_file (env, "/Other/more.txt", "more outside");
+  env_engine (env, NULL);
+  env_do (env, "POST", "stats/reset", "{}");
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed");
+  assert_mirror_equals_remote (env);
+  g_assert_false (env_mount_has (env, "/Docs/leaves.txt"));
+  g_assert_true (env_mount_has (env, "/Docs/sub/deep/new.txt"));
+  g_assert_false (env_mount_has (env, "/Other/x.txt"));
+  g_assert_false (env_mount_has (env, "/Other/more.txt"));
+  g_autoptr (cJSON) stats = env_admin (env, "GET", "stats", NULL);
+  /* One delta call from the saved root cursor: no folder-scoped attempt, no re-listing. */
+  g_assert_cmpfloat (cJSON_GetObjectItem (cJSON_GetObjectItem (stats, "requests"), "delta")->valuedouble, ==, 1);
+  g_assert_cmpfloat (cJSON_GetObjectItem (stats, "full_downloads")->valuedouble, ==, 1);   /* new.txt */
+  g_assert_cmpuint (status_uint (env, "deleted_count"), >=, 1);
+  g_autoptr (cJSON) st = env_status (env);
+  const cJSON *src = cJSON_GetArrayItem (cJSON_GetObjectItem (st, "sources"), 0);
+  g_assert_cmpstr (cJSON_GetObjectItem (src, "state")->valuestring, ==, "completed");
+
+  /* A populated folder moved in: the root delta lists only the folder, so the source is
+   * enumerated afresh; its contents arrive, nothing else is downloaded again. */
+  env_itemop (env, "move", "{\"path\":\"/Other/y\",\"parent_path\":\"/Docs/sub\"}");
+  env_do (env, "POST", "stats/reset", "{}");
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed");
+  assert_mirror_equals_remote (env);
+  g_assert_true (env_mount_has (env, "/Docs/sub/y/z.txt"));
+  g_autoptr (cJSON) stats3 = env_admin (env, "GET", "stats", NULL);
+  g_assert_cmpfloat (cJSON_GetObjectItem (stats3, "full_downloads")->valuedouble, ==, 1);   /* z.txt */
+}
+
 int
 main (int argc, char **argv)
 {
@@ -892,5 +950,6 @@ main (int argc, char **argv)
   env_add ("/engine/shutdown-mid-run", test_shutdown_mid_run);
   env_add ("/engine/hash-mismatch", test_hash_mismatch);
   env_add ("/engine/periodic", test_periodic);
+  env_add ("/engine/folder-delta-not-supported", test_folder_delta_not_supported);
   return g_test_run ();
 }
