@@ -90,6 +90,10 @@ static const struct fuse_opt raw_opts[] = {
   FUSE_OPT_KEY ("user", FUSE_OPT_KEY_DISCARD),
   FUSE_OPT_KEY ("users", FUSE_OPT_KEY_DISCARD),
   FUSE_OPT_KEY ("nouser", FUSE_OPT_KEY_DISCARD),
+  /* fstab(5)'s free-text annotation ("comment=systemd.automount" and the like); a template
+   * ending in '=' matches any value, so every comment= is dropped, whatever it says. */
+  FUSE_OPT_KEY ("comment=", FUSE_OPT_KEY_DISCARD),
+  FUSE_OPT_KEY ("comment", FUSE_OPT_KEY_DISCARD),
   FUSE_OPT_KEY ("ro", KEY_MOUNT_WORD),
   FUSE_OPT_END,
 };

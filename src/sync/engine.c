@@ -210,7 +210,7 @@ glob_match_any (GPtrArray *globs, const char *path)
 }
 
 static const char *
-error_type_for (Run *run, const GError *error, const StoreWork *work)
+error_type_for (const GError *error)
 {
   if (error->domain == GRAPH_ERROR)
     switch ((GraphErrorCode) error->code)
@@ -227,12 +227,10 @@ error_type_for (Run *run, const GError *error, const StoreWork *work)
         return "not_found";
       case GRAPH_ERROR_LOCAL_IO:
         {
-          /* The client keeps errno privately; the free space tells us what we need to know. */
-          struct statvfs sv;
-          gint64 size = work->item ? work->item->size : 0;
-          if (statvfs (run->engine->tmp_dir, &sv) == 0 && (guint64) sv.f_bavail * sv.f_frsize < (guint64) MAX (size, 1) + 4096)
-            return "disk_full";
-          return "download_error";
+          /* The client keeps the errno of the failed write: no guessing from free space (which
+           * another writer may have changed since, or which a quota never shows). */
+          int errsv = graph_error_errno (error);
+          return errsv == ENOSPC || errsv == EDQUOT ? "disk_full" : "download_error";
         }
       default:
         return "download_error";
@@ -376,6 +374,22 @@ is_news (const StoreWork *work)
   return !(is_folder_work (work) && work->action == STORE_ACTION_MKDIR && !work->old_path);
 }
 
+static gboolean
+fsync_dir (const char *dir, GError **error)
+{
+  int fd = open (dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0 || fsync (fd) != 0)
+    {
+      int errsv = errno;
+      if (fd >= 0)
+        close (fd);
+      g_set_error (error, G_IO_ERROR, g_io_error_from_errno (errsv), "fsync(%s): %s", dir, g_strerror (errsv));
+      return FALSE;
+    }
+  close (fd);
+  return TRUE;
+}
+
 /* Leader only: one transaction for @batch, then the feed lines and stale objects. */
 static void
 publish_batch_as_leader (SyncEngine *e, GPtrArray *batch)
@@ -392,7 +406,13 @@ publish_batch_as_leader (SyncEngine *e, GPtrArray *batch)
   g_autoptr (GPtrArray) stale = NULL;
   g_autoptr (GPtrArray) errors = NULL;
   g_autoptr (GError) first = NULL;
-  store_work_publish_batch (e->store, works, objects, n, &stale, &errors, &first);
+  gboolean any_object = FALSE;
+  for (guint i = 0; i < n; i++)
+    any_object |= objects[i] != NULL;
+  /* The renames into objects/ must be durable before the store says the items exist: one
+   * directory fsync covers the whole batch (the file data was synced by each worker). */
+  if (!any_object || fsync_dir (e->objects_dir, &first))
+    store_work_publish_batch (e->store, works, objects, n, &stale, &errors, &first);
 
   for (guint i = 0; i < n; i++)
     {
@@ -602,6 +622,15 @@ download (Task *t, GError **error)
   guint64 got = 0;
   gboolean ok = graph_client_download (e->client, it->drive_id, it->id, it->quickxor_hash, fd, run->cancel,
                                        on_progress, t, &got, error);
+  /* Durability: the bytes reach the disk before the rename makes them an object, so a power cut
+   * can never leave a published item pointing at an empty or short file. (ENOSPC may surface
+   * only here, on file systems that allocate late.) */
+  if (ok && fsync (fd) != 0)
+    {
+      int errsv = errno;
+      g_set_error (error, G_IO_ERROR, g_io_error_from_errno (errsv), "fsync(%s): %s", part, g_strerror (errsv));
+      ok = FALSE;
+    }
   close (fd);
   if (!ok)
     {
@@ -655,7 +684,7 @@ process_file (Task *t)
 
   if (!object)
     {
-      const char *type = error_type_for (run, error, work);
+      const char *type = error_type_for (error);
       if (strcmp (type, "cancelled") == 0)
         {
           /* Not a failure: the work stays queued as it was. */
@@ -671,7 +700,7 @@ process_file (Task *t)
     {
       g_autofree char *p = g_build_filename (e->objects_dir, object, NULL);
       g_unlink (p);
-      record_failure (run, work, error_type_for (run, error, work), error->message);
+      record_failure (run, work, error_type_for (error), error->message);
     }
 }
 
@@ -723,7 +752,7 @@ process_inline (Run *run, StoreWork *work)
       return;
     }
   if (!publish (run, work, NULL, FALSE, &error))
-    record_failure (run, work, error_type_for (run, error, work), error->message);
+    record_failure (run, work, error_type_for (error), error->message);
 }
 
 /* ---- the run --------------------------------------------------------------------------- */
@@ -779,6 +808,20 @@ report_unmirrored (Run *run, const char *source_path, const char *source_item_id
       cJSON *f = fields_path (p);
       cJSON_AddStringToObject (f, "reason", reason);
       emit (run->engine, "file_filtered", f);
+    }
+}
+
+/* Tracks the distinct live files of a set (the last occurrence of an id wins, as in the store). */
+static void
+note_set_files (GHashTable *set_files, GPtrArray *items)
+{
+  for (guint i = 0; i < items->len; i++)
+    {
+      const GraphItem *it = items->pdata[i];
+      if (!it->deleted && it->kind == GRAPH_ITEM_FILE)
+        g_hash_table_add (set_files, g_strdup (it->id));
+      else
+        g_hash_table_remove (set_files, it->id);
     }
 }
 
@@ -861,6 +904,7 @@ enumerate_source (Run *run, const char *path)
     {
       gboolean root_mode = sync_root_delta_active (rd);
       g_autoptr (GPtrArray) set = root_mode ? g_ptr_array_new_with_free_func ((GDestroyNotify) graph_item_free) : NULL;
+      g_autoptr (GHashTable) set_files = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
       gboolean switch_to_root = FALSE;
       if (!store_stage_begin (e->store, source_id, &error))
         {
@@ -903,7 +947,10 @@ enumerate_source (Run *run, const char *path)
                 g_ptr_array_add (set, graph_item_copy (page->items->pdata[i]));
             }
           else
-            report_unmirrored (run, path, item_id, page->items);
+            {
+              report_unmirrored (run, path, item_id, page->items);
+              note_set_files (set_files, page->items);
+            }
           if (!root_mode && page->items->len > 0 && !store_stage_add (e->store, source_id, page->items, &error))
             {
               run_note_source_error (run, path, error->message);
@@ -989,6 +1036,7 @@ enumerate_source (Run *run, const char *path)
               continue;
             }
           report_unmirrored (run, path, item_id, mine);
+          note_set_files (set_files, mine);
           if (!sync_root_delta_save (rd, &error)
               || (mine->len > 0 && !store_stage_add (e->store, source_id, mine, &error)))
             {
@@ -1016,10 +1064,14 @@ enumerate_source (Run *run, const char *path)
         }
       g_debug ("%s: %u pages; queued %u downloads, %u updates, %u moves, %u deletes; %u unchanged", path, pages,
                stats.queued_downloads, stats.queued_updates, stats.queued_moves, stats.queued_deletes, stats.unchanged);
-      sync_status_add_unchanged (e->status, stats.unchanged);
+      /* The store's "unchanged" also counts folders and tombstones; the status counts files:
+       * the set's live files that got no download, update or move (see docs/status.md). */
+      guint queued_files = stats.queued_downloads + stats.queued_updates + stats.queued_moves;
+      guint set_file_count = g_hash_table_size (set_files);
+      sync_status_add_unchanged (e->status, set_file_count > queued_files ? set_file_count - queued_files : 0);
       if (reconcile)
         sync_status_source_resync (e->status, path, resync_reason, stats.queued_deletes);
-      sync_status_source_set (e->status, path, "processing", g_get_real_time () / G_USEC_PER_SEC, TRUE, NULL);
+      sync_status_source_set (e->status, path, "processing", last_completed, TRUE, NULL);
       g_mutex_lock (&run->lock);
       run->sources_ok++;
       g_mutex_unlock (&run->lock);
@@ -1250,17 +1302,6 @@ run_main (gpointer data)
       sync_status_set_last_error (e->status, msg);
     }
 
-  /* Sources that did their part say how the run left them (an "error" stays as set). */
-  g_autoptr (GPtrArray) known = store_sources (e->store, NULL);
-  for (guint k = 0; k < e->sources->len; k++)
-    {
-      EngineSource *s = e->sources->pdata[k];
-      StoreSource *st = find_store_source (known, s->path);
-      if (s->overlapped || g_hash_table_contains (run->failed_sources, s->path))
-        continue;
-      sync_status_source_set (e->status, s->path, final == SYNC_STATE_CANCELLED ? "idle" : "completed",
-                              st ? st->last_completed : 0, st && st->cursor, NULL);
-    }
 
   sync_status_counters (e->status, &c);
   StoreRunCounters rc = {
@@ -1273,6 +1314,18 @@ run_main (gpointer data)
       g_autoptr (GError) local = NULL;
       if (!store_run_finish (e->store, run->run_id, sync_state_to_string (final), &rc, fatal, &local))
         g_warning ("cannot record run %" G_GINT64_FORMAT ": %s", run->run_id, local->message);
+    }
+  /* Sources that did their part say how the run left them (an "error" stays as set). Read
+   * after store_run_finish(), which records last_completed for a completed run. */
+  g_autoptr (GPtrArray) known = store_sources (e->store, NULL);
+  for (guint k = 0; k < e->sources->len; k++)
+    {
+      EngineSource *s = e->sources->pdata[k];
+      StoreSource *st = find_store_source (known, s->path);
+      if (s->overlapped || g_hash_table_contains (run->failed_sources, s->path))
+        continue;
+      sync_status_source_set (e->status, s->path, final == SYNC_STATE_CANCELLED ? "idle" : "completed",
+                              st ? st->last_completed : 0, st && st->cursor, NULL);
     }
   {
     g_autoptr (GError) local = NULL;

@@ -165,8 +165,6 @@ def test_real_mount(tmp_path, fake, signed_in, how):
 def test_real_mount_fstab_words_reach_daemon(tmp_path, fake, signed_in):
     """mount.fuse3 run by hand passes `defaults` and `comment=` on: the daemon must drop them."""
     r = mount_and_drive(tmp_path, signed_in, "mount.fuse3",
-                        f"defaults,comment=x,{NOISE},cache_dir={tmp_path / 'cache' / 'work'}")
-    if r is not None and "unknown option" in r.stderr:
-        pytest.skip("the daemon does not drop `defaults`/`comment=` yet (docs/fstab.md, requirement 2): "
-                    + r.stderr.strip().replace("\n", " | "))
+                        f"defaults,comment=x,comment=systemd.automount,{NOISE},"
+                        f"cache_dir={tmp_path / 'cache' / 'work'}")
     assert r is None, r.stdout + r.stderr

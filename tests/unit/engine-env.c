@@ -191,7 +191,7 @@ env_engine (Env *env, const EnvOptions *opts)
     .max_retries = 3,
     .retry_base_ms = 10,
     .retry_max_ms = 100,
-    .stall_timeout_s = 20,
+    .stall_timeout_s = opts->stall_timeout_s ? opts->stall_timeout_s : 20,
   };
   env->client = graph_client_new (&gc, &error);
   g_assert_no_error (error);

@@ -36,6 +36,7 @@ typedef struct {
   const char *const  *include_globs;
   const char *const  *exclude_globs;
   guint               sync_interval;
+  guint               stall_timeout_s;   /* 0: 20 */
 } EnvOptions;
 
 /* FALSE when the fake server cannot be run here (the test then skips). */

@@ -23,8 +23,11 @@
 #include <cjson/cJSON.h>
 #include <fcntl.h>
 #include <glib/gstdio.h>
+#include <errno.h>
+#include <sched.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -923,9 +926,175 @@ test_folder_delta_not_supported (Env *env, gconstpointer data)
   g_assert_cmpfloat (cJSON_GetObjectItem (stats3, "full_downloads")->valuedouble, ==, 1);   /* z.txt */
 }
 
+/* Why this process has no private mount namespace, or NULL when it has one. */
+static char *no_private_mounts;
+
+/* Called first in main(), while the process has one thread: a mount namespace is per thread,
+ * and every thread created later inherits this one. Mounts made in it vanish with the
+ * process, so nothing stays mounted whatever happens to a test. */
+static void
+private_mount_namespace (void)
+{
+  if (unshare (CLONE_NEWNS) != 0)
+    no_private_mounts = g_strdup_printf ("unshare(CLONE_NEWNS): %s (needs root)", g_strerror (errno));
+  else if (mount ("none", "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0)
+    no_private_mounts = g_strdup_printf ("making mounts private: %s", g_strerror (errno));
+}
+
+/* Mounts a tmpfs of @kib KiB on @dir (in the private namespace). FALSE (with @why) when that is
+ * not possible here. */
+static gboolean
+mount_small_fs (const char *dir, guint kib, char **why)
+{
+  g_mkdir_with_parents (dir, 0700);
+  if (no_private_mounts)
+    {
+      *why = g_strdup (no_private_mounts);
+      return FALSE;
+    }
+  g_autofree char *opts = g_strdup_printf ("size=%uk,mode=0700", kib);
+  if (mount ("odsf-test", dir, "tmpfs", 0, opts) != 0)
+    {
+      *why = g_strdup_printf ("mount tmpfs on %s: %s", dir, g_strerror (errno));
+      return FALSE;
+    }
+  return TRUE;
+}
+
+static guint
+count_parts (Env *env)
+{
+  g_autofree char *tmp = g_build_filename (env->cache_dir, "tmp", NULL);
+  g_autoptr (GDir) d = g_dir_open (tmp, 0, NULL);
+  guint n = 0;
+  const char *name;
+  while (d && (name = g_dir_read_name (d)))
+    n += g_str_has_suffix (name, ".part");
+  return n;
+}
+
+static void
+test_disk_full (Env *env, gconstpointer data)
+{
+  /* A full cache disk loses nothing: the file stays queued, no partial file is left, the run
+   * ends completed_with_errors with error_type disk_full (from the write's errno), and the next
+   * run, with room again, gets it. */
+  g_autofree char *why = NULL;
+  if (!mount_small_fs (env->cache_dir, 256, &why))
+    {
+      g_test_skip (why);
+      return;
+    }
+  g_autofree char *filler = g_build_filename (env->cache_dir, "filler", NULL);
+  g_autofree char *zeros = g_malloc0 (200 * 1024);
+  g_assert_true (g_file_set_contents (filler, zeros, 200 * 1024, NULL));
+  env_add_file (env, "/Docs/small.txt", "small");
+  env_add_generated (env, "/Docs/big.bin", 128 * 1024, 11);
+  env_engine (env, NULL);
+
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed_with_errors");
+  assert_counters_agree (env);
+  {
+    g_autoptr (cJSON) st = env_status (env);
+    g_assert_cmpint (cJSON_GetObjectItem (st, "files_failed")->valueint, ==, 1);
+    const cJSON *f = cJSON_GetArrayItem (cJSON_GetObjectItem (st, "failed_files"), 0);
+    g_assert_cmpstr (cJSON_GetObjectItem (f, "path")->valuestring, ==, "/Docs/big.bin");
+    g_assert_cmpstr (cJSON_GetObjectItem (f, "error_type")->valuestring, ==, "disk_full");
+  }
+  g_assert_true (env_mount_has (env, "/Docs/small.txt"));
+  g_assert_false (env_mount_has (env, "/Docs/big.bin"));
+  g_assert_cmpuint (count_parts (env), ==, 0);
+  g_assert_cmpuint (env_cache_objects (env), ==, 1);   /* small.txt only: nothing half-made */
+
+  g_assert_cmpint (g_unlink (filler), ==, 0);
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed");
+  assert_mirror_equals_remote (env);
+  /* Detached lazily: the engine's open files keep it alive until teardown closes them. */
+  g_assert_cmpint (umount2 (env->cache_dir, MNT_DETACH), ==, 0);
+}
+
+static void
+test_timeout (Env *env, gconstpointer data)
+{
+  /* A download host that sends nothing for longer than the stall timeout: error_type timeout,
+   * the file stays queued and arrives once the host answers again. */
+  env_add_file (env, "/Docs/ok.txt", "fine");
+  env_engine (env, &(EnvOptions){ .stall_timeout_s = 1, .workers = 1 });
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed");
+  env_add_file (env, "/Docs/slow.txt", "slow to come");
+  env_faults (env, "{\"download_latency_ms\":2500}");
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed_with_errors");
+  assert_counters_agree (env);
+  {
+    g_autoptr (cJSON) st = env_status (env);
+    const cJSON *f = cJSON_GetArrayItem (cJSON_GetObjectItem (st, "failed_files"), 0);
+    g_assert_nonnull (f);
+    g_assert_cmpstr (cJSON_GetObjectItem (f, "path")->valuestring, ==, "/Docs/slow.txt");
+    g_assert_cmpstr (cJSON_GetObjectItem (f, "error_type")->valuestring, ==, "timeout");
+  }
+  g_assert_false (env_mount_has (env, "/Docs/slow.txt"));
+  env_faults (env, "{\"download_latency_ms\":0}");
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed");
+  assert_mirror_equals_remote (env);
+}
+
+static void
+test_status_counts_files (Env *env, gconstpointer data)
+{
+  /* files_unchanged counts files only (not folders or tombstones), so that
+   * processed + unchanged + failed + filtered = the files of the run (docs/status.md); and a
+   * completed run sets sources[].last_completed. */
+  g_autofree char *denied = NULL;
+  for (guint i = 0; i < 12; i++)
+    {
+      g_autofree char *p = g_strdup_printf ("/Docs/d%u/f%u.txt", i % 3, i);
+      g_autofree char *c = g_strdup_printf ("content %u", i);
+      if (i == 7)
+        denied = env_add_file_id (env, p, c);
+      else
+        env_add_file (env, p, c);
+    }
+  g_autofree char *rule = g_strdup_printf (
+      "{\"errors\":[{\"status\":403,\"route\":\"content\",\"item_id\":\"%s\",\"count\":-1}]}", denied);
+  env_faults (env, rule);
+  env_engine (env, NULL);
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed_with_errors");
+  assert_counters_agree (env);
+  g_assert_cmpuint (status_uint (env, "files_processed"), ==, 11);
+  g_assert_cmpuint (status_uint (env, "files_failed"), ==, 1);
+  g_assert_cmpuint (status_uint (env, "files_unchanged"), ==, 0);
+  g_assert_cmpuint (status_uint (env, "files_filtered"), ==, 0);
+  {
+    g_autoptr (cJSON) st = env_status (env);
+    const cJSON *src = cJSON_GetArrayItem (cJSON_GetObjectItem (st, "sources"), 0);
+    g_assert_true (cJSON_IsString (cJSON_GetObjectItem (src, "last_completed")));
+  }
+
+  env_faults (env, "{\"clear\":true}");
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed");
+  g_assert_cmpuint (status_uint (env, "files_processed"), ==, 1);
+  g_assert_cmpuint (status_uint (env, "files_unchanged"), ==, 0);
+
+  /* A full start lists everything: 12 files unchanged, the 4 folders are not files. */
+  g_assert_cmpstr (env_sync (env, SYNC_START_FULL), ==, "completed");
+  g_assert_cmpuint (status_uint (env, "files_processed"), ==, 0);
+  g_assert_cmpuint (status_uint (env, "files_unchanged"), ==, 12);
+  g_assert_cmpuint (status_uint (env, "files_failed"), ==, 0);
+
+  /* One change, one rename: the set also holds their folders; neither counts as a file. */
+  env_itemop (env, "modify", "{\"path\":\"/Docs/d0/f0.txt\",\"content\":\"changed\"}");
+  env_itemop (env, "rename", "{\"path\":\"/Docs/d1/f1.txt\",\"name\":\"renamed.txt\"}");
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed");
+  g_assert_cmpuint (status_uint (env, "files_processed"), ==, 1);
+  g_assert_cmpuint (status_uint (env, "renamed_count"), ==, 1);
+  g_assert_cmpuint (status_uint (env, "files_unchanged"), ==, 0);
+  assert_mirror_equals_remote (env);
+}
+
 int
 main (int argc, char **argv)
 {
+  private_mount_namespace ();
   g_test_init (&argc, &argv, NULL);
   if (!env_available ())
     {
@@ -951,5 +1120,8 @@ main (int argc, char **argv)
   env_add ("/engine/hash-mismatch", test_hash_mismatch);
   env_add ("/engine/periodic", test_periodic);
   env_add ("/engine/folder-delta-not-supported", test_folder_delta_not_supported);
+  env_add ("/engine/disk-full", test_disk_full);
+  env_add ("/engine/timeout", test_timeout);
+  env_add ("/engine/status-counts-files", test_status_counts_files);
   return g_test_run ();
 }

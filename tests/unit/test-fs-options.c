@@ -281,6 +281,78 @@ test_fstab_form (Fixture *f, gconstpointer data)
   g_assert_cmpstr (p->profile, ==, "home");
 }
 
+/* The -o words fs_options_parse hands to libfuse, one per element (fuse_opt joins them into
+ * "-oa,b,c" arguments). Exact words, so "user" is not found inside "nouser". */
+static GPtrArray *
+fuse_words (FsOptions *o)
+{
+  GPtrArray *words = g_ptr_array_new_with_free_func (g_free);
+  for (char **a = o->fuse_argv; *a != NULL; a++)
+    {
+      const char *list = NULL;
+      if (g_str_has_prefix (*a, "-o") && (*a)[2] != '\0')
+        list = *a + 2;
+      else if (g_str_equal (*a, "-o") && a[1] != NULL)
+        list = *++a;
+      if (list == NULL)
+        continue;
+      g_auto (GStrv) parts = g_strsplit (list, ",", -1);
+      for (char **p = parts; *p != NULL; p++)
+        g_ptr_array_add (words, g_strdup (*p));
+    }
+  return words;
+}
+
+static gboolean
+words_have (GPtrArray *words, const char *word)
+{
+  for (guint i = 0; i < words->len; i++)
+    if (g_str_equal (words->pdata[i], word))
+      return TRUE;
+  return FALSE;
+}
+
+/* fstab(5) and mount(8) words must never reach fuse_session_new (it rejects unknown options):
+ * mount.fuse3 run by hand or by a systemd mount unit passes defaults, comment= and x-* on. */
+static void
+test_fstab_words_dropped (Fixture *f, gconstpointer data)
+{
+  static const char *noise[] = {
+    "defaults", "comment=x", "comment=", "comment", "comment=systemd.automount", "_netdev",
+    "noauto", "auto", "nofail", "user", "users", "nouser", "x-systemd.automount",
+    "x-systemd.after=network-online.target", "x-gvfs-show", NULL,
+  };
+  g_autofree char *joined = g_strjoinv (",", (char **) noise);
+
+  g_autoptr (GError) error = NULL;
+  g_autoptr (FsOptions) o = parse (f, &error, "work", "/m", "-o", joined, "-o",
+                                   "rw,nosuid,nodev,noexec,workers=2", NULL);
+  g_assert_no_error (error);
+  g_assert_cmpuint (o->workers, ==, 2);
+  g_autoptr (GPtrArray) words = fuse_words (o);
+  for (gsize i = 0; noise[i] != NULL; i++)
+    if (words_have (words, noise[i]))
+      g_error ("'%s' reached libfuse", noise[i]);
+  for (guint i = 0; i < words->len; i++)
+    {
+      g_assert_false (g_str_has_prefix (words->pdata[i], "x-"));
+      g_assert_false (g_str_has_prefix (words->pdata[i], "comment"));
+    }
+  /* Generic flags stay for libfuse, which knows them. */
+  g_assert_true (words_have (words, "rw"));
+  g_assert_true (words_have (words, "nosuid"));
+  g_assert_true (words_have (words, "noexec"));
+
+  /* Only those words: something merely like them is still left to libfuse (which rejects it),
+   * so a typo is an error and not silently ignored. */
+  g_autoptr (FsOptions) near = parse (f, &error, "/m", "-o", "commentary=x,userx,defaults", NULL);
+  g_assert_no_error (error);
+  g_autoptr (GPtrArray) near_words = fuse_words (near);
+  g_assert_true (words_have (near_words, "commentary=x"));
+  g_assert_true (words_have (near_words, "userx"));
+  g_assert_false (words_have (near_words, "defaults"));
+}
+
 static void
 test_sizes (void)
 {
@@ -314,6 +386,7 @@ main (int argc, char **argv)
   ADD ("/fs-options/broken-config", test_broken_config);
   ADD ("/fs-options/usage", test_usage);
   ADD ("/fs-options/fstab-form", test_fstab_form);
+  ADD ("/fs-options/fstab-words-dropped", test_fstab_words_dropped);
   g_test_add_func ("/fs-options/sizes", test_sizes);
   return g_test_run ();
 }
