@@ -230,6 +230,8 @@ signal_thread (void *data)
     g_info ("cancelled the active run");
   if (!sync_engine_wait_idle (c->engine, 60 * G_USEC_PER_SEC))
     g_warning ("the engine did not stop within 60 s; unmounting anyway");
+  /* Readers of .sync/events get end-of-file while requests are still answered. */
+  fs_mount_end_event_streams (c->mount, 2 * G_USEC_PER_SEC);
   fs_mount_exit (c->mount);
   /* Until the loop has really returned: a wake-up that lands just before the loop's wait
    * would be lost, so knock again. */

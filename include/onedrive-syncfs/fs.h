@@ -59,6 +59,14 @@ void fs_mount_attach (FsMount *mount, SyncEngine *engine);
  * is sent any more (nobody would answer the requests they may wait for). */
 int fs_mount_run (FsMount *mount, gboolean singlethread);
 
+/* Ends every open .sync/events stream while the loop still serves: from now on a read gets
+ * the events already emitted, then end-of-file (a blocked read is answered at once). Waits
+ * until each open events file has been given its end-of-file or closed, at most @timeout_us,
+ * so a reader sees the end and not ECONNABORTED, which is all the kernel gives a read still
+ * queued when the daemon closes its connection. Call once the engine is idle, before
+ * fs_mount_exit(). */
+void fs_mount_end_event_streams (FsMount *mount, gint64 timeout_us);
+
 /* Asks the loop to end (async-signal-safe: it only sets a flag). The multi-threaded loop
  * notices when the thread running fs_mount_run() is interrupted by a signal or a request
  * arrives; the daemon wakes it with a signal. */

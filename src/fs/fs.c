@@ -126,6 +126,7 @@ typedef struct {
   fuse_req_t pending;                 /* a read waiting for events; protected by mount->lock */
   size_t     pending_size;
   struct fuse_pollhandle *ph;         /* protected by mount->lock */
+  gboolean   ended;                   /* protected by mount->lock: end-of-file was given */
 } EventsHandle;
 
 typedef struct {
@@ -172,6 +173,8 @@ struct _FsMount {
 
   GMutex      lock;
   gboolean    closed;                 /* protected by lock: detach ran */
+  gboolean    events_ending;          /* protected by lock: streams end once drained */
+  GCond       events_cond;            /* with lock: an events stream ended or was closed */
   GPtrArray  *status_handles;         /* StatusHandle*, protected by lock */
   GPtrArray  *events_handles;         /* EventsHandle*, protected by lock */
 
@@ -1237,6 +1240,7 @@ release_control (fuse_req_t req, FsMount *m, int id, struct fuse_file_info *fi)
         untrack (m, h);
         g_mutex_lock (&m->lock);
         handles_remove (m->events_handles, h);
+        g_cond_broadcast (&m->events_cond);
         g_mutex_unlock (&m->lock);
         events_handle_free (h);
         break;
@@ -1302,16 +1306,21 @@ events_try_answer (FsMount *m, EventsHandle *h, fuse_req_t req, size_t size)
 {
   if (h->buffered_off >= h->buffered->len)
     {
-      if (m->engine == NULL || m->closed)
+      if (m->engine != NULL && !m->closed)
         {
+          g_string_truncate (h->buffered, 0);
+          h->buffered_off = 0;
+          sync_engine_events_read (m->engine, &h->cursor, h->buffered, MAX (size, EVENTS_REFILL_BYTES));
+        }
+      if (h->buffered_off >= h->buffered->len)
+        {
+          if (m->engine != NULL && !m->closed && !m->events_ending)
+            return FALSE;
           fuse_reply_buf (req, NULL, 0);   /* shutting down: end of stream */
+          h->ended = TRUE;
+          g_cond_broadcast (&m->events_cond);
           return TRUE;
         }
-      g_string_truncate (h->buffered, 0);
-      h->buffered_off = 0;
-      sync_engine_events_read (m->engine, &h->cursor, h->buffered, MAX (size, EVENTS_REFILL_BYTES));
-      if (h->buffered->len == 0)
-        return FALSE;
     }
   gsize n = MIN (size, h->buffered->len - h->buffered_off);
   gsize off = h->buffered_off;
@@ -1473,7 +1482,7 @@ fs_poll (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi, struct fuse_
   else
     {
       EventsHandle *h = (EventsHandle *) (uintptr_t) fi->fh;
-      if (m->closed || m->engine == NULL || h->buffered_off < h->buffered->len
+      if (m->closed || m->events_ending || m->engine == NULL || h->buffered_off < h->buffered->len
           || sync_engine_events_head (m->engine) > h->cursor)
         revents = POLLIN;
       else if (ph != NULL)
@@ -1797,6 +1806,7 @@ fs_mount_new (const FsConfig *config, char **fuse_argv, const char *mountpoint, 
   g_mutex_init (&m->lock);
   g_mutex_init (&m->open_lock);
   g_mutex_init (&m->barrier_lock);
+  g_cond_init (&m->events_cond);
   g_cond_init (&m->barrier_cond);
   m->status_handles = g_ptr_array_new ();
   m->events_handles = g_ptr_array_new ();
@@ -1857,6 +1867,34 @@ fs_mount_run (FsMount *m, gboolean singlethread)
 }
 
 void
+fs_mount_end_event_streams (FsMount *m, gint64 timeout_us)
+{
+  gint64 deadline = g_get_monotonic_time () + timeout_us;
+  g_mutex_lock (&m->lock);
+  m->events_ending = TRUE;
+  for (guint i = 0; i < m->events_handles->len; i++)
+    {
+      EventsHandle *h = m->events_handles->pdata[i];
+      if (h->pending != NULL && events_try_answer (m, h, h->pending, h->pending_size))
+        h->pending = NULL;
+    }
+  for (;;)
+    {
+      guint open = 0;
+      for (guint i = 0; i < m->events_handles->len; i++)
+        open += !((EventsHandle *) m->events_handles->pdata[i])->ended;
+      if (open == 0)
+        break;
+      if (!g_cond_wait_until (&m->events_cond, &m->lock, deadline))
+        {
+          g_debug ("%u events readers did not read to the end; unmounting anyway", open);
+          break;
+        }
+    }
+  g_mutex_unlock (&m->lock);
+}
+
+void
 fs_mount_exit (FsMount *m)
 {
   fuse_session_exit (m->se);
@@ -1913,6 +1951,7 @@ fs_mount_free (FsMount *m)
   g_mutex_clear (&m->lock);
   g_mutex_clear (&m->open_lock);
   g_mutex_clear (&m->barrier_lock);
+  g_cond_clear (&m->events_cond);
   g_cond_clear (&m->barrier_cond);
   g_free (m->cache_dir);
   g_free (m->objects_dir);
