@@ -374,16 +374,22 @@ is_news (const StoreWork *work)
   return !(is_folder_work (work) && work->action == STORE_ACTION_MKDIR && !work->old_path);
 }
 
+/* Durability before publish: the objects' bytes and their renames into objects/ must be on
+ * disk before the store says the items exist, or a power cut leaves published files that are
+ * empty or missing. One syncfs() of the cache file system covers a whole batch — the data of
+ * every object and the directory — where an fsync per file and one of the directory cost a
+ * journal commit each (it made 10,000 small files 2.5 times slower). Since Linux 5.8 syncfs
+ * reports writeback errors, so a late ENOSPC fails the batch (disk_full) instead of vanishing. */
 static gboolean
-fsync_dir (const char *dir, GError **error)
+sync_objects_fs (const char *dir, GError **error)
 {
   int fd = open (dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0 || fsync (fd) != 0)
+  if (fd < 0 || syncfs (fd) != 0)
     {
       int errsv = errno;
       if (fd >= 0)
         close (fd);
-      g_set_error (error, G_IO_ERROR, g_io_error_from_errno (errsv), "fsync(%s): %s", dir, g_strerror (errsv));
+      g_set_error (error, G_IO_ERROR, g_io_error_from_errno (errsv), "syncfs(%s): %s", dir, g_strerror (errsv));
       return FALSE;
     }
   close (fd);
@@ -409,9 +415,7 @@ publish_batch_as_leader (SyncEngine *e, GPtrArray *batch)
   gboolean any_object = FALSE;
   for (guint i = 0; i < n; i++)
     any_object |= objects[i] != NULL;
-  /* The renames into objects/ must be durable before the store says the items exist: one
-   * directory fsync covers the whole batch (the file data was synced by each worker). */
-  if (!any_object || fsync_dir (e->objects_dir, &first))
+  if (!any_object || sync_objects_fs (e->objects_dir, &first))
     store_work_publish_batch (e->store, works, objects, n, &stale, &errors, &first);
 
   for (guint i = 0; i < n; i++)
@@ -631,15 +635,9 @@ download (Task *t, GError **error)
   guint64 got = 0;
   gboolean ok = graph_client_download (e->client, it->drive_id, it->id, it->quickxor_hash, fd, run->cancel,
                                        on_progress, t, &got, error);
-  /* Durability: the bytes reach the disk before the rename makes them an object, so a power cut
-   * can never leave a published item pointing at an empty or short file. (ENOSPC may surface
-   * only here, on file systems that allocate late.) */
-  if (ok && fsync (fd) != 0)
-    {
-      int errsv = errno;
-      g_set_error (error, G_IO_ERROR, g_io_error_from_errno (errsv), "fsync(%s): %s", part, g_strerror (errsv));
-      ok = FALSE;
-    }
+  /* No fsync here: the publish leader makes the whole batch durable with one syncfs() before
+   * the store commit (see sync_objects_fs). A crash before that leaves an unpublished object,
+   * which the next start collects. */
   close (fd);
   if (!ok)
     {
