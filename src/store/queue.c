@@ -292,35 +292,73 @@ apply_publish (StoreConn *w, PubReq *req, GError **error)
   return store_stmt_run (w, del, "dequeue", error);
 }
 
-/* Applies @batch in one transaction (write_lock held). */
+/* Applies @batch in one transaction (write_lock held).
+ *
+ * Optimistic first: the whole batch without savepoints. A savepoint per request made SQLite
+ * keep a statement journal of every page it touched — most of a publish's cost. Failures are
+ * rare (a full disk, a request the store refuses), so when any request fails the transaction
+ * is rolled back and the batch applied again, each request in its own savepoint, so one bad
+ * request still does not sink the others. */
+static gboolean
+publish_batch_fast (Store *store, GPtrArray *batch)
+{
+  StoreConn *w = store->writer;
+  g_autoptr (GError) error = NULL;
+  if (!store_begin (store, &error))
+    return FALSE;
+  for (guint i = 0; i < batch->len; i++)
+    {
+      PubReq *req = batch->pdata[i];
+      if (!apply_publish (w, req, &error))
+        {
+          g_debug ("publish batch: %s; retrying with savepoints", error->message);
+          store_rollback (store);
+          return FALSE;
+        }
+    }
+  return store_commit (store, NULL);
+}
+
 static void
 publish_batch (Store *store, GPtrArray *batch)
 {
   StoreConn *w = store->writer;
   g_autoptr (GError) error = NULL;
-  gboolean savepoints = batch->len > 1;
+  if (publish_batch_fast (store, batch))
+    return;
+  for (guint i = 0; i < batch->len; i++)
+    g_ptr_array_set_size (((PubReq *) batch->pdata[i])->stale, 0);
+  if (batch->len == 1)
+    {
+      /* Alone: its own transaction is its savepoint. */
+      PubReq *req = batch->pdata[0];
+      if (!store_begin (store, &error))
+        goto fail_all;
+      if (!apply_publish (w, req, &req->error))
+        {
+          g_ptr_array_set_size (req->stale, 0);
+          store_rollback (store);
+          return;
+        }
+      if (store_commit (store, &error))
+        return;
+      goto fail_all;
+    }
   if (!store_begin (store, &error))
     goto fail_all;
   for (guint i = 0; i < batch->len; i++)
     {
       PubReq *req = batch->pdata[i];
-      if (savepoints && !store_conn_exec (w, "SAVEPOINT pub", &error))
+      if (!store_conn_run_cached (w, "SAVEPOINT pub", &error))
         goto fail_all;
       if (!apply_publish (w, req, &req->error))
         {
           g_ptr_array_set_size (req->stale, 0);
-          if (savepoints)
-            {
-              if (!store_conn_exec (w, "ROLLBACK TO pub; RELEASE pub", &error))
-                goto fail_all;
-            }
-          else
-            {
-              store_rollback (store);
-              return;
-            }
+          if (!store_conn_run_cached (w, "ROLLBACK TO pub", &error) ||
+              !store_conn_run_cached (w, "RELEASE pub", &error))
+            goto fail_all;
         }
-      else if (savepoints && !store_conn_exec (w, "RELEASE pub", &error))
+      else if (!store_conn_run_cached (w, "RELEASE pub", &error))
         goto fail_all;
     }
   if (store_commit (store, &error))

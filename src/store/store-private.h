@@ -65,6 +65,8 @@ void store_set_sqlite_error (GError **error, StoreConn *conn, int rc, const char
 
 /* Runs @sql (no results) on @conn. */
 gboolean store_conn_exec (StoreConn *conn, const char *sql, GError **error);
+/* Runs the literal @sql (no parameters, no results) through the statement cache. */
+gboolean store_conn_run_cached (StoreConn *conn, const char *sql, GError **error);
 /* Steps a statement that returns no rows (SQLITE_DONE expected). */
 gboolean store_stmt_run (StoreConn *conn, StoreStmt *stmt, const char *what, GError **error);
 

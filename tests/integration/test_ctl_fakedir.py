@@ -2,6 +2,7 @@
 parsing, what is written to the control files, the status table, --json pass-through,
 --wait exit codes, follow's plain output and its progress bar under a pseudo-terminal."""
 
+import errno
 import json
 import os
 import pty
@@ -12,8 +13,8 @@ import time
 
 import pytest
 
-from ctl_helpers import (EXIT_CANCELLED, EXIT_ERROR, EXIT_OK, EXIT_USAGE, STATE_EXIT, SYNCCTL,
-                         FakeMount, run_ctl, wait_until)
+from ctl_helpers import (EXIT_CANCELLED, EXIT_ERROR, EXIT_INVALID, EXIT_OK, EXIT_USAGE, STATE_EXIT,
+                         SYNCCTL, FakeMount, run_ctl, wait_until)
 
 if not SYNCCTL.exists():
     pytest.skip(f"{SYNCCTL} not built", allow_module_level=True)
@@ -103,6 +104,53 @@ def test_start_wait_fast_run_without_run_id(mnt):
     mnt.set_status({"state": "completed_with_errors"})
     out, err = p.communicate(timeout=10)
     assert p.returncode == 4, (out, err)
+
+
+# The tool only ever writes words the daemon knows, so a real mount refuses them with EINVAL
+# only when it is older than the tool (a word it does not know yet). What the tool sees then is
+# write(2) failing with EINVAL; a plain file cannot do that, so .sync/start here is a kernel
+# file that does: /proc/self/oom_score_adj takes an integer and fails any other write with
+# EINVAL, changing nothing. "self" is resolved when the tool opens it, so it is the tool's own
+# (and a refused write leaves even that unchanged).
+EINVAL_FILE = "/proc/self/oom_score_adj"
+
+
+@pytest.fixture
+def einval_mnt(mnt):
+    try:
+        fd = os.open(EINVAL_FILE, os.O_WRONLY)
+    except OSError as e:
+        pytest.skip(f"{EINVAL_FILE}: {e}")
+    try:
+        os.write(fd, b"full\n")
+        pytest.skip(f"{EINVAL_FILE} accepted a word instead of failing with EINVAL")
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            pytest.skip(f"{EINVAL_FILE} fails with {e} rather than EINVAL")
+    finally:
+        os.close(fd)
+    (mnt.sync / "start").unlink()
+    (mnt.sync / "start").symlink_to(EINVAL_FILE)
+    return mnt
+
+
+@pytest.mark.parametrize("flags", [(), ("--full",), ("--full", "--clear-exclusions", "--wait")])
+def test_start_rejected_words(einval_mnt, flags):
+    # The daemon records the reason in the status before it fails the write (docs/status.md).
+    reason = 'unknown start word "full" (known: clear-exclusions)'
+    einval_mnt.set_status({"state": "idle", "last_rejected_start": {"time": "2026-12-03T12:00:00Z",
+                                                                     "reason": reason}})
+    r = run_ctl("start", einval_mnt.root, *flags)
+    assert r.returncode == EXIT_INVALID, r
+    assert r.stderr.strip().endswith(f"start refused: {reason}"), r.stderr
+    assert "sync started" not in r.stdout
+
+
+def test_start_rejected_words_without_reason(einval_mnt):
+    # A daemon that gives no reason: the tool still says what the write failed with.
+    r = run_ctl("start", einval_mnt.root, "--wait")
+    assert r.returncode == EXIT_INVALID, r
+    assert "start refused: " + os.strerror(errno.EINVAL) in r.stderr, r.stderr
 
 
 def test_cancel_idle(mnt):

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from ctl_helpers import BUILD, DAEMON as BUILT_DAEMON
+from ctl_helpers import BUILD, SOURCE, DAEMON as BUILT_DAEMON
 
 PREFIX = "/usr/local"
 
@@ -132,3 +132,80 @@ printf '%s\\n' "${{COMPREPLY[@]}}"
     assert r.returncode == 0, r.stderr
     got = set(r.stdout.split())
     assert got == want, (got, r.stderr)
+
+
+# ---- the option table against the man page and --help, so neither can drift ----------------
+
+def option_table():
+    """The daemon's -o words, read from raw_opts[] in src/fs/fs-options.c: (options, ignored).
+    options: words a user sets ("workers=" takes a value, "allow_other" is a flag);
+    ignored: fstab/mount(8) words the daemon accepts and drops, and prefixes it drops ("x-")."""
+    src = (SOURCE / "src" / "fs" / "fs-options.c").read_text()
+    table = re.search(r"static const struct fuse_opt raw_opts\[\] = \{(.*?)FUSE_OPT_END", src, re.S)
+    assert table, "raw_opts[] not found in src/fs/fs-options.c"
+    body = re.sub(r"/\*.*?\*/", "", table.group(1), flags=re.S)
+    options, ignored = set(), set()
+    for m in re.finditer(r'RAW_OPT \("([^"%]+)%s", \w+\)', body):
+        options.add(m.group(1))
+    for m in re.finditer(r'FUSE_OPT_KEY \("([^"]+)", (\w+)\)', body):
+        word, key = m.groups()
+        (ignored if key in ("FUSE_OPT_KEY_DISCARD", "KEY_MOUNT_WORD") else options).add(word)
+    proc = re.search(r"raw_opt_proc \(.*?\n\}\n", src, re.S)
+    assert proc, "raw_opt_proc() not found"
+    for m in re.finditer(r'case FUSE_OPT_KEY_OPT:(.*?)return 1;', proc.group(0), re.S):
+        ignored |= {p + "*" for p in re.findall(r'g_str_has_prefix \(arg, "([^"]+)"\)', m.group(1))}
+    # A parse that found nothing would make the checks below pass vacuously.
+    assert {"profile=", "source=", "include=", "exclude=", "token_file=", "allow_other"} <= options, options
+    assert {"_netdev", "comment=", "x-*"} <= ignored, ignored
+    return options, ignored
+
+
+def man_source_sections():
+    text = (SOURCE / "docs" / "onedrive-syncfs.1.scd").read_text()
+    sections = {}
+    for m in re.finditer(r"^# ([A-Z ]+)\n(.*?)(?=^# |\Z)", text, re.S | re.M):
+        sections[m.group(1).strip()] = m.group(2)
+    return sections
+
+
+def documented_items(section):
+    """The *bold* terms that open an item (a line at column 0), e.g. "*verbose*, *-v*"."""
+    words = set()
+    for line in section.splitlines():
+        if line.startswith("*"):
+            words |= {w.replace("\\", "") for w in re.findall(r"\*([^*\s]+)\*", line)}
+    return words
+
+
+def test_man_page_documents_every_option():
+    options, ignored = option_table()
+    sections = man_source_sections()
+    items = documented_items(sections["OPTIONS"])
+    missing = sorted(o for o in options if o not in items)
+    assert not missing, f"options in src/fs/fs-options.c without an item in docs/onedrive-syncfs.1.scd: {missing}"
+    # And the other way: an item under "Mount and sync options" / "Service options" names an
+    # option the daemon has (-f, -d, --help, -V are libfuse's and listed before those).
+    ours = documented_items(sections["OPTIONS"].split("## Mount and sync options", 1)[1])
+    stale = sorted(w for w in ours if w not in options)
+    assert not stale, f"documented options the daemon does not have: {stale}"
+    fstab = sections["FSTAB"].replace("\\", "")
+    for word in sorted(ignored):
+        bold = "*" + word.rstrip("*") + "*"
+        assert bold in fstab, f"the ignored word {word} is not named under FSTAB"
+    env = sections["ENVIRONMENT"]
+    daemon_src = (SOURCE / "src" / "main.c").read_text() + (SOURCE / "src" / "fs" / "fs-options.c").read_text()
+    for var in sorted(set(re.findall(r'g_getenv \("([A-Z_]+)"\)', daemon_src))
+                      | set(re.findall(r'xdg_dir \("([A-Z_]+)"', daemon_src))):
+        assert f"*{var}*" in env, f"environment variable {var} is read but not under ENVIRONMENT"
+
+
+def test_help_lists_every_option():
+    if not BUILT_DAEMON.exists():
+        pytest.skip(f"the daemon is not built ({BUILT_DAEMON})")
+    options, _ = option_table()
+    r = subprocess.run([str(BUILT_DAEMON), "--help"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    listed = (set(re.findall(r"^\s+-o ([a-z_]+)", r.stdout, re.M))
+              | set(re.findall(r"(?<![\w-])(-[a-zA-Z])\b", r.stdout)))
+    missing = sorted({o.rstrip("=") for o in options} - listed)
+    assert not missing, f"options missing from --help: {missing}\n{r.stdout}"
