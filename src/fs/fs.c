@@ -23,6 +23,14 @@
  * thread, never from a request handler and never while holding mount->lock: the kernel may
  * wait on a request that needs that lock before it completes a notification.
  *
+ * The status never runs ahead of the tree. The engine publishes a change and then moves its
+ * status on (to "completed", say), but the kernel forgets its cached entry for the change only
+ * when the invalidation thread gets to the note. A reader that saw "completed" and then looked
+ * at the tree could still find a deleted file in the kernel's dentry cache. So an open of
+ * .sync/status takes the snapshot, counts the publish notes queued by then, and replies only
+ * once the invalidation thread has handled that many (bounded by STATUS_BARRIER_US, in case
+ * the thread waits for a request no loop thread is free to serve).
+ *
  * Lock order: mount->lock, then the engine's locks (sync_engine_events_read), then libfuse's
  * internal locks (fuse_reply_* while holding mount->lock is fine). The interrupt callback runs
  * with libfuse's req->lock held and takes mount->lock, so fuse_req_interrupt_func() is never
@@ -57,6 +65,9 @@ G_DEFINE_QUARK (fs-error-quark, fs_error)
 /* We invalidate explicitly on every published change, so the kernel may cache for long. */
 #define ENTRY_TIMEOUT 60.0
 #define ATTR_TIMEOUT  60.0
+
+/* How long a status open waits for the invalidations it must not overtake (see the top). */
+#define STATUS_BARRIER_US (2 * G_USEC_PER_SEC)
 
 enum {
   CTL_DIR = 1,
@@ -164,6 +175,13 @@ struct _FsMount {
   GPtrArray  *status_handles;         /* StatusHandle*, protected by lock */
   GPtrArray  *events_handles;         /* EventsHandle*, protected by lock */
 
+  /* Publish notes queued and handled by the invalidation thread (see the top). */
+  GMutex      barrier_lock;
+  GCond       barrier_cond;
+  guint64     published_queued;       /* protected by barrier_lock */
+  guint64     published_done;         /* protected by barrier_lock */
+  gboolean    barrier_off;            /* protected by barrier_lock: the thread stopped */
+
   guint       status_serial;          /* atomic */
   gint        status_note_queued;     /* atomic: coalesces NOTE_STATUS */
   gint        event_note_queued;      /* atomic: coalesces NOTE_EVENT */
@@ -263,6 +281,25 @@ entry_to_stat (FsMount *m, const StoreEntry *entry, struct stat *st)
   st->st_mtim.tv_sec = entry->mtime != 0 ? entry->mtime : m->started;
   st->st_atim = st->st_mtim;
   st->st_ctim = st->st_mtim;
+}
+
+/* Blocks until the invalidation thread has handled every publish note queued so far (the
+ * status barrier, see the top). Called by a status open after its snapshot was taken, with no
+ * lock held. */
+static void
+wait_for_invalidations (FsMount *m)
+{
+  gint64 deadline = g_get_monotonic_time () + STATUS_BARRIER_US;
+  g_mutex_lock (&m->barrier_lock);
+  guint64 target = m->published_queued;
+  while (m->published_done < target && !m->barrier_off && !g_atomic_int_get (&m->loop_ended))
+    if (!g_cond_wait_until (&m->barrier_cond, &m->barrier_lock, deadline))
+      {
+        g_debug ("status served before %" G_GUINT64_FORMAT " invalidations were sent",
+                 target - m->published_done);
+        break;
+      }
+  g_mutex_unlock (&m->barrier_lock);
 }
 
 static char *
@@ -1108,6 +1145,7 @@ open_control (fuse_req_t req, FsMount *m, int id, struct fuse_file_info *fi)
         StatusHandle *h = g_new0 (StatusHandle, 1);
         h->serial = (guint) g_atomic_int_get (&m->status_serial);
         h->json = status_snapshot (m, &h->len);
+        wait_for_invalidations (m);
         g_mutex_lock (&m->lock);
         g_ptr_array_add (m->status_handles, h);
         g_mutex_unlock (&m->lock);
@@ -1590,20 +1628,39 @@ invalidation_thread (gpointer data)
       NoteKind kind = note->kind;
       switch (kind)
         {
-        case NOTE_PUBLISHED: invalidate_published (m, note); break;
+        case NOTE_PUBLISHED:
+          invalidate_published (m, note);
+          g_mutex_lock (&m->barrier_lock);
+          m->published_done++;
+          g_cond_broadcast (&m->barrier_cond);
+          g_mutex_unlock (&m->barrier_lock);
+          break;
         case NOTE_STATUS:    wake_status_pollers (m); break;
         case NOTE_EVENT:     wake_event_readers (m); break;
         case NOTE_QUIT:      break;
         }
       note_free (note);
       if (kind == NOTE_QUIT)
-        return NULL;
+        {
+          /* Nobody handles notes any more: status opens must not wait for them. */
+          g_mutex_lock (&m->barrier_lock);
+          m->barrier_off = TRUE;
+          g_cond_broadcast (&m->barrier_cond);
+          g_mutex_unlock (&m->barrier_lock);
+          return NULL;
+        }
     }
 }
 
 static void
 push_note (FsMount *m, NoteKind kind, guint64 ino, guint64 parent, const char *name)
 {
+  if (kind == NOTE_PUBLISHED)
+    {
+      g_mutex_lock (&m->barrier_lock);
+      m->published_queued++;
+      g_mutex_unlock (&m->barrier_lock);
+    }
   Note *note = g_new0 (Note, 1);
   note->kind = kind;
   note->ino = ino;
@@ -1739,6 +1796,8 @@ fs_mount_new (const FsConfig *config, char **fuse_argv, const char *mountpoint, 
   m->started = g_get_real_time () / G_USEC_PER_SEC;
   g_mutex_init (&m->lock);
   g_mutex_init (&m->open_lock);
+  g_mutex_init (&m->barrier_lock);
+  g_cond_init (&m->barrier_cond);
   m->status_handles = g_ptr_array_new ();
   m->events_handles = g_ptr_array_new ();
   m->open_generations = g_hash_table_new_full (g_int64_hash, g_int64_equal, g_free, g_free);
@@ -1853,6 +1912,8 @@ fs_mount_free (FsMount *m)
   g_hash_table_unref (m->open_generations);
   g_mutex_clear (&m->lock);
   g_mutex_clear (&m->open_lock);
+  g_mutex_clear (&m->barrier_lock);
+  g_cond_clear (&m->barrier_cond);
   g_free (m->cache_dir);
   g_free (m->objects_dir);
   g_free (m->changes_file);

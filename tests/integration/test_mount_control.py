@@ -94,6 +94,7 @@ def test_status_parseable_throughout_a_run(drive_dir, fake, mount):
     mount.start()
     seen, bad = set(), []
     done = threading.Event()
+    saw_end = threading.Event()
 
     def hammer():
         while not done.is_set():
@@ -103,11 +104,16 @@ def test_status_parseable_throughout_a_run(drive_dir, fake, mount):
                     seen.add(json.loads(text)["state"])
                 except ValueError as e:
                     bad.append(str(e))
+            if "completed" in seen:
+                saw_end.set()
 
     t = threading.Thread(target=hammer)
     t.start()
     try:
         mount.sync_and_wait(timeout=120)
+        # The run's end stays in the status, so the reader sees it on its next pass: stop it
+        # only then (stopping it when our own wait saw the end raced with its last read).
+        assert saw_end.wait(60), f"the reader never saw the end of the run; it saw {seen}"
     finally:
         done.set()
         t.join()

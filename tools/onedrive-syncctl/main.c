@@ -441,7 +441,11 @@ follow_reader (gpointer data)
         continue;
       if (n <= 0)
         {
-          if (n < 0)
+          /* ECONNABORTED: the daemon closed its FUSE connection while this read was queued
+           * in the kernel (an unmount racing with our next read); the kernel gives no
+           * end-of-file then, but for a reader the stream has ended all the same. A dead
+           * daemon is told apart at the next open (ENOTCONN, see check_mount). */
+          if (n < 0 && errno != ECONNABORTED)
             f->err = errno;
           break;
         }
