@@ -943,6 +943,28 @@ handles_remove (GPtrArray *handles, gpointer h)
   return g_ptr_array_remove_fast (handles, h);
 }
 
+/* Lists a control-file handle in @handles (so a stop can reach it) and replies to the open.
+ * When the reply fails the opener is gone and no release will come, so the handle is
+ * dropped again here. */
+static void
+reply_open_handle (FsMount *m, fuse_req_t req, struct fuse_file_info *fi, GPtrArray *handles,
+                   gpointer h, GDestroyNotify destroy)
+{
+  g_mutex_lock (&m->lock);
+  g_ptr_array_add (handles, h);
+  g_mutex_unlock (&m->lock);
+  fi->fh = (uint64_t) (uintptr_t) h;
+  track (m, h, destroy);
+  if (fuse_reply_open (req, fi) != 0)
+    {
+      untrack (m, h);
+      g_mutex_lock (&m->lock);
+      handles_remove (handles, h);
+      g_mutex_unlock (&m->lock);
+      destroy (h);
+    }
+}
+
 static void
 file_handle_free (FileHandle *h)
 {
@@ -1149,22 +1171,10 @@ open_control (fuse_req_t req, FsMount *m, int id, struct fuse_file_info *fi)
         h->serial = (guint) g_atomic_int_get (&m->status_serial);
         h->json = status_snapshot (m, &h->len);
         wait_for_invalidations (m);
-        g_mutex_lock (&m->lock);
-        g_ptr_array_add (m->status_handles, h);
-        g_mutex_unlock (&m->lock);
         /* direct_io: reads ignore the size the kernel cached, so every reader gets the whole
          * snapshot of its own open. */
         fi->direct_io = 1;
-        fi->fh = (uint64_t) (uintptr_t) h;
-        track (m, h, (GDestroyNotify) status_handle_free);
-        if (fuse_reply_open (req, fi) != 0)
-          {
-            untrack (m, h);
-            g_mutex_lock (&m->lock);
-            handles_remove (m->status_handles, h);
-            g_mutex_unlock (&m->lock);
-            status_handle_free (h);
-          }
+        reply_open_handle (m, req, fi, m->status_handles, h, (GDestroyNotify) status_handle_free);
         return;
       }
 
@@ -1178,21 +1188,9 @@ open_control (fuse_req_t req, FsMount *m, int id, struct fuse_file_info *fi)
         EventsHandle *h = g_new0 (EventsHandle, 1);
         h->buffered = g_string_new (NULL);
         h->cursor = m->engine != NULL ? sync_engine_events_head (m->engine) : 0;
-        g_mutex_lock (&m->lock);
-        g_ptr_array_add (m->events_handles, h);
-        g_mutex_unlock (&m->lock);
         fi->direct_io = 1;
         fi->nonseekable = 1;
-        fi->fh = (uint64_t) (uintptr_t) h;
-        track (m, h, (GDestroyNotify) events_handle_free);
-        if (fuse_reply_open (req, fi) != 0)
-          {
-            untrack (m, h);
-            g_mutex_lock (&m->lock);
-            handles_remove (m->events_handles, h);
-            g_mutex_unlock (&m->lock);
-            events_handle_free (h);
-          }
+        reply_open_handle (m, req, fi, m->events_handles, h, (GDestroyNotify) events_handle_free);
         return;
       }
 
