@@ -1578,6 +1578,19 @@ invalidate_published (FsMount *m, const Note *note)
     }
 }
 
+/* Wakes the pollers collected under the lock, outside it (a notification must never be sent
+ * while holding a lock a request handler needs), and frees their handles. */
+static void
+notify_pollers (FsMount *m, GPtrArray *phs)
+{
+  for (guint i = 0; i < phs->len; i++)
+    {
+      if (!notifications_off (m))
+        check_notify (fuse_lowlevel_notify_poll (phs->pdata[i]), "notify_poll");
+      fuse_pollhandle_destroy (phs->pdata[i]);
+    }
+}
+
 static void
 wake_status_pollers (FsMount *m)
 {
@@ -1593,12 +1606,7 @@ wake_status_pollers (FsMount *m)
         g_ptr_array_add (phs, g_steal_pointer (&h->ph));
     }
   g_mutex_unlock (&m->lock);
-  for (guint i = 0; i < phs->len; i++)
-    {
-      if (!notifications_off (m))
-        check_notify (fuse_lowlevel_notify_poll (phs->pdata[i]), "notify_poll");
-      fuse_pollhandle_destroy (phs->pdata[i]);
-    }
+  notify_pollers (m, phs);
 }
 
 static void
@@ -1617,12 +1625,7 @@ wake_event_readers (FsMount *m)
         g_ptr_array_add (phs, g_steal_pointer (&h->ph));
     }
   g_mutex_unlock (&m->lock);
-  for (guint i = 0; i < phs->len; i++)
-    {
-      if (!notifications_off (m))
-        check_notify (fuse_lowlevel_notify_poll (phs->pdata[i]), "notify_poll");
-      fuse_pollhandle_destroy (phs->pdata[i]);
-    }
+  notify_pollers (m, phs);
 }
 
 static gpointer
