@@ -926,6 +926,149 @@ test_folder_delta_not_supported (Env *env, gconstpointer data)
   g_assert_cmpfloat (cJSON_GetObjectItem (stats3, "full_downloads")->valuedouble, ==, 1);   /* z.txt */
 }
 
+/* The reason filtered_files gives for @path, or NULL when the run did not list it. */
+static char *
+filtered_reason (Env *env, const char *path)
+{
+  g_autoptr (cJSON) st = env_status (env);
+  const cJSON *it;
+  cJSON_ArrayForEach (it, cJSON_GetObjectItem (st, "filtered_files"))
+    if (g_strcmp0 (cJSON_GetObjectItem (it, "path")->valuestring, path) == 0)
+      return g_strdup (cJSON_GetObjectItem (it, "reason")->valuestring);
+  return NULL;
+}
+
+static char *
+add_item_id (Env *env, const char *json)
+{
+  g_autoptr (cJSON) r = env_admin (env, "POST", "items/add", json);
+  return g_strdup (cJSON_GetObjectItem (r, "id")->valuestring);
+}
+
+/* How many entries the mount shows in @path. */
+static guint
+mount_count (Env *env, const char *path)
+{
+  g_auto (StoreEntry) dir = { 0 };
+  g_auto (GStrv) parts = g_strsplit (path, "/", -1);
+  guint64 ino = STORE_ROOT_INO;
+  for (guint i = 0; parts[i]; i++)
+    if (*parts[i])
+      {
+        store_entry_clear (&dir);
+        g_assert_true (store_lookup (env->store, ino, parts[i], &dir, NULL));
+        ino = dir.ino;
+      }
+  g_autoptr (GPtrArray) kids = store_readdir (env->store, ino, NULL);
+  g_assert_nonnull (kids);
+  g_ptr_array_set_free_func (kids, (GDestroyNotify) store_entry_free);
+  return kids->len;
+}
+
+/* Downloads the fake served for @id (full + ranged). */
+static double
+downloads_of (Env *env, const char *id)
+{
+  g_autoptr (cJSON) stats = env_admin (env, "GET", "stats", NULL);
+  const cJSON *d = cJSON_GetObjectItem (cJSON_GetObjectItem (stats, "downloads"), id);
+  return d ? cJSON_GetObjectItem (d, "full")->valuedouble + cJSON_GetObjectItem (d, "ranged")->valuedouble : 0;
+}
+
+static void
+package_and_shortcut (Env *env, gboolean root_delta)
+{
+  /* Issue #5: OneNote packages and shortcuts to other drives get a defined outcome — not
+   * mirrored, listed in filtered_files (reasons package / remote_item), counted, never a failure
+   * and never a silent skip. Like every filtered file they are reported by the run whose delta
+   * set lists them (docs/status.md): the first sync, a full start, a change of the item. */
+  if (root_delta)
+    env_faults (env, "{\"folder_delta_not_supported\":true}");
+  g_autofree char *file_id = env_add_file_id (env, "/Docs/a.txt", "alpha");
+  g_autofree char *pkg_id
+      = add_item_id (env, "{\"path\":\"/Docs/Notebook\",\"package\":\"oneNote\",\"content\":\"onenote section bytes\"}");
+  g_autofree char *remote_id = add_item_id (env, "{\"path\":\"/Docs/Shared\",\"remote\":true}");
+  g_autofree char *inside_id = env_add_file_id (env, "/Docs/Shared/inside.txt", "on the other drive");
+  env_engine (env, NULL);
+
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed");
+  assert_counters_agree (env);
+  g_assert_cmpuint (status_uint (env, "files_filtered"), ==, 2);
+  g_assert_cmpuint (status_uint (env, "files_processed"), ==, 1);
+  g_assert_cmpuint (status_uint (env, "files_failed"), ==, 0);
+  {
+    g_autofree char *pkg = filtered_reason (env, "/Docs/Notebook");
+    g_autofree char *remote = filtered_reason (env, "/Docs/Shared");
+    g_assert_cmpstr (pkg, ==, "package");
+    g_assert_cmpstr (remote, ==, "remote_item");
+  }
+  g_assert_true (env_mount_has (env, "/Docs/a.txt"));
+  g_assert_false (env_mount_has (env, "/Docs/Notebook"));
+  g_assert_false (env_mount_has (env, "/Docs/Shared"));
+  g_assert_cmpuint (mount_count (env, "/Docs"), ==, 1);
+  g_assert_cmpuint (env_cache_objects (env), ==, 1);
+  g_assert_false (pending_has (env, "/Docs/Notebook"));
+  g_assert_false (pending_has (env, "/Docs/Shared"));
+  g_assert_cmpfloat (downloads_of (env, file_id), ==, 1);
+  g_assert_cmpfloat (downloads_of (env, pkg_id), ==, 0);
+  g_assert_cmpfloat (downloads_of (env, remote_id), ==, 0);
+  g_assert_cmpfloat (downloads_of (env, inside_id), ==, 0);
+
+  /* Incremental, nothing changed: the set is empty, so is the list (counters and lists are
+   * the run's); nothing is fetched and the mount is as it was. */
+  env_do (env, "POST", "stats/reset", "{}");
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed");
+  assert_counters_agree (env);
+  g_assert_cmpuint (status_uint (env, "files_filtered"), ==, 0);
+  g_assert_cmpuint (mount_count (env, "/Docs"), ==, 1);
+
+  /* The package changes: the set lists it again, so the run reports it again — and only it. */
+  env_itemop (env, "touch", "{\"path\":\"/Docs/Notebook\"}");
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed");
+  assert_counters_agree (env);
+  g_assert_cmpuint (status_uint (env, "files_filtered"), ==, 1);
+  {
+    g_autofree char *pkg = filtered_reason (env, "/Docs/Notebook");
+    g_assert_cmpstr (pkg, ==, "package");
+  }
+
+  /* Deleted remotely: its tombstone breaks nothing (no failure, nothing to remove from the
+   * mount), and from now on no run lists it; a full start lists the shortcut alone. */
+  env_itemop (env, "delete", "{\"path\":\"/Docs/Notebook\"}");
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed");
+  assert_counters_agree (env);
+  g_assert_cmpuint (status_uint (env, "files_filtered"), ==, 0);
+  g_assert_cmpuint (status_uint (env, "files_failed"), ==, 0);
+  g_assert_true (env_mount_has (env, "/Docs/a.txt"));
+  g_assert_cmpuint (mount_count (env, "/Docs"), ==, 1);
+
+  g_assert_cmpstr (env_sync (env, SYNC_START_FULL), ==, "completed");
+  assert_counters_agree (env);
+  g_assert_cmpuint (status_uint (env, "files_filtered"), ==, 1);
+  {
+    g_autofree char *pkg = filtered_reason (env, "/Docs/Notebook");
+    g_autofree char *remote = filtered_reason (env, "/Docs/Shared");
+    g_assert_null (pkg);
+    g_assert_cmpstr (remote, ==, "remote_item");
+  }
+  g_assert_cmpuint (status_uint (env, "files_unchanged"), ==, 1);   /* a.txt */
+  g_assert_cmpuint (mount_count (env, "/Docs"), ==, 1);
+  g_autoptr (cJSON) stats = env_admin (env, "GET", "stats", NULL);
+  g_assert_cmpfloat (cJSON_GetObjectItem (stats, "full_downloads")->valuedouble, ==, 0);
+}
+
+static void
+test_package_and_shortcut (Env *env, gconstpointer data)
+{
+  package_and_shortcut (env, FALSE);
+}
+
+/* The same through root-delta mode, which reports them from its filtered set. */
+static void
+test_package_and_shortcut_root_delta (Env *env, gconstpointer data)
+{
+  package_and_shortcut (env, TRUE);
+}
+
 /* Why this process has no private mount namespace, or NULL when it has one. */
 static char *no_private_mounts;
 
@@ -1174,5 +1317,7 @@ main (int argc, char **argv)
   env_add ("/engine/timeout", test_timeout);
   env_add ("/engine/status-counts-files", test_status_counts_files);
   env_add ("/engine/crash-leftovers-collected", test_crash_leftovers_collected);
+  env_add ("/engine/package-and-shortcut", test_package_and_shortcut);
+  env_add ("/engine/package-and-shortcut-root-delta", test_package_and_shortcut_root_delta);
   return g_test_run ();
 }
