@@ -1127,6 +1127,139 @@ test_syncfs_before_publish (Env *env, gconstpointer data)
   g_mutex_clear (&f.lock);
 }
 
+static gint64
+store_source_id (Env *env, const char *path, gboolean *has_cursor)
+{
+  g_autoptr (GPtrArray) sources = store_sources (env->store, NULL);
+  g_assert_nonnull (sources);
+  for (guint i = 0; i < sources->len; i++)
+    {
+      StoreSource *s = sources->pdata[i];
+      if (g_strcmp0 (s->remote_path, path) == 0)
+        {
+          if (has_cursor)
+            *has_cursor = s->cursor != NULL;
+          return s->id;
+        }
+    }
+  g_error ("the store has no source %s", path);
+}
+
+static char *
+mode_file (Env *env, const char *name)
+{
+  return g_build_filename (env->cache_dir, "sources", name, NULL);
+}
+
+static gboolean
+mode_file_exists (Env *env, gint64 id)
+{
+  g_autofree char *name = g_strdup_printf ("source-%" G_GINT64_FORMAT ".json", id);
+  g_autofree char *p = mode_file (env, name);
+  return g_file_test (p, G_FILE_TEST_EXISTS);
+}
+
+static void
+put_file (Env *env, const char *name)
+{
+  g_autofree char *p = mode_file (env, name);
+  g_assert_true (g_file_set_contents (p, "{}", -1, NULL));
+}
+
+static void
+test_unconfigured_source_forgotten (Env *env, gconstpointer data)
+{
+  /* Root-delta mode keeps a known-ids file per source. A source that leaves the configuration
+   * takes its file with it — and its cursor, which is a root deltaLink that must never be
+   * followed as a folder's. Configured again, it is enumerated afresh and reconciled, so what
+   * changed meanwhile (a deletion too) arrives. Nothing else in the directory is touched. */
+  env_faults (env, "{\"folder_delta_not_supported\":true}");
+  env_add_file (env, "/Docs/a.txt", "alpha");
+  env_add_file (env, "/Other/b.txt", "beta");
+  env_add_file (env, "/Other/gone.txt", "deleted while not configured");
+  static const char *const both[] = { "/Docs", "/Other", NULL };
+  static const char *const docs_only[] = { "/Docs", NULL };
+  EnvOptions opts = { .sources = both };
+  env_engine (env, &opts);
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed");
+  gint64 docs = store_source_id (env, "/Docs", NULL);
+  gint64 other = store_source_id (env, "/Other", NULL);
+  g_assert_true (mode_file_exists (env, docs));
+  g_assert_true (mode_file_exists (env, other));
+  g_assert_true (env_mount_has (env, "/Other/gone.txt"));
+  /* Names that are not the engine's, and one of its names for a source no store row has. */
+  put_file (env, "notes.json");
+  put_file (env, "source-01.json");
+  g_autofree char *tmp_name = g_strdup_printf ("source-%" G_GINT64_FORMAT ".json.K3J9QZ", other);
+  put_file (env, tmp_name);
+  put_file (env, "source-4242.json");
+
+  /* /Other leaves the configuration. */
+  EnvOptions opts2 = { .sources = docs_only };
+  env_engine (env, &opts2);
+  gboolean docs_cursor = FALSE, other_cursor = TRUE;
+  store_source_id (env, "/Docs", &docs_cursor);
+  store_source_id (env, "/Other", &other_cursor);
+  g_assert_true (mode_file_exists (env, docs));
+  g_assert_true (docs_cursor);
+  g_assert_false (mode_file_exists (env, other));
+  g_assert_false (other_cursor);
+  g_assert_false (mode_file_exists (env, 4242));
+  const char *kept[] = { "notes.json", "source-01.json", tmp_name };
+  for (guint i = 0; i < G_N_ELEMENTS (kept); i++)
+    {
+      g_autofree char *p = mode_file (env, kept[i]);
+      g_assert_true (g_file_test (p, G_FILE_TEST_EXISTS));
+    }
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed");
+  g_assert_false (mode_file_exists (env, other));
+
+  /* Meanwhile /Other changes; configured again it comes back whole and current. */
+  env_itemop (env, "delete", "{\"path\":\"/Other/gone.txt\"}");
+  env_add_file (env, "/Other/new.txt", "new");
+  env_engine (env, &opts);
+  env_do (env, "POST", "stats/reset", "{}");
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed");
+  g_assert_true (mode_file_exists (env, other));
+  g_assert_true (env_mount_has (env, "/Other/b.txt"));
+  g_assert_true (env_mount_has (env, "/Other/new.txt"));
+  g_assert_false (env_mount_has (env, "/Other/gone.txt"));
+  g_autofree char *why = NULL;
+  if (!env_mirror_equals_remote (env, "/Other", &why))
+    g_error ("/Other differs from remote: %s", why);
+  assert_mirror_equals_remote (env);
+  g_autoptr (cJSON) stats = env_admin (env, "GET", "stats", NULL);
+  g_assert_cmpfloat (cJSON_GetObjectItem (stats, "full_downloads")->valuedouble, ==, 1);   /* new.txt */
+}
+
+static void
+test_failed_full_start_reconciles_later (Env *env, gconstpointer data)
+{
+  /* A full start drops the cursor before it enumerates. When it fails before its commit the
+   * source has items but no cursor; the next plain run enumerates everything and must still
+   * let the server win, or a file deleted meanwhile stays in the mount for good. */
+  env_add_file (env, "/Docs/a.txt", "alpha");
+  env_add_file (env, "/Docs/gone.txt", "deleted after the failed full start");
+  env_engine (env, NULL);
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed");
+  env_faults (env, "{\"errors\":[{\"status\":500,\"route\":\"delta\",\"count\":-1}]}");
+  g_test_expect_message ("odsf-sync", G_LOG_LEVEL_WARNING, "source /Docs: GET delta: HTTP 500*");
+  g_assert_cmpstr (env_sync (env, SYNC_START_FULL), ==, "failed");
+  g_test_assert_expected_messages ();
+  env_faults (env, "{\"clear\":true}");
+  env_itemop (env, "delete", "{\"path\":\"/Docs/gone.txt\"}");
+  env_do (env, "POST", "stats/reset", "{}");
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed");
+  g_assert_false (env_mount_has (env, "/Docs/gone.txt"));
+  assert_mirror_equals_remote (env);
+  g_autoptr (cJSON) stats = env_admin (env, "GET", "stats", NULL);
+  g_assert_cmpfloat (cJSON_GetObjectItem (stats, "full_downloads")->valuedouble, ==, 0);
+  g_autoptr (cJSON) st = env_status (env);
+  const cJSON *src = cJSON_GetArrayItem (cJSON_GetObjectItem (st, "sources"), 0);
+  g_assert_cmpstr (cJSON_GetObjectItem (src, "last_resync_reason")->valuestring, ==, "no_cursor");
+  g_assert_cmpint (cJSON_GetObjectItem (src, "reconciled_deletes")->valueint, ==, 1);
+}
+
 /* Why this process has no private mount namespace, or NULL when it has one. */
 static char *no_private_mounts;
 
@@ -1378,5 +1511,7 @@ main (int argc, char **argv)
   env_add ("/engine/package-and-shortcut", test_package_and_shortcut);
   env_add ("/engine/package-and-shortcut-root-delta", test_package_and_shortcut_root_delta);
   env_add ("/engine/syncfs-before-publish", test_syncfs_before_publish);
+  env_add ("/engine/unconfigured-source-forgotten", test_unconfigured_source_forgotten);
+  env_add ("/engine/failed-full-start-reconciles-later", test_failed_full_start_reconciles_later);
   return g_test_run ();
 }
