@@ -1012,6 +1012,15 @@ package_and_shortcut (Env *env, gboolean root_delta)
   g_assert_cmpfloat (downloads_of (env, pkg_id), ==, 0);
   g_assert_cmpfloat (downloads_of (env, remote_id), ==, 0);
   g_assert_cmpfloat (downloads_of (env, inside_id), ==, 0);
+  {
+    /* The event stream says it too, for an indexer that follows it. */
+    guint64 cursor = 0;
+    g_autoptr (GString) lines = g_string_new ("");
+    sync_engine_events_read (env->engine, &cursor, lines, 1 << 20);
+    g_assert_nonnull (strstr (lines->str, "\"event\":\"file_filtered\""));
+    g_assert_nonnull (strstr (lines->str, "\"path\":\"/Docs/Notebook\",\"reason\":\"package\""));
+    g_assert_nonnull (strstr (lines->str, "\"path\":\"/Docs/Shared\",\"reason\":\"remote_item\""));
+  }
 
   /* Incremental, nothing changed: the set is empty, so is the list (counters and lists are
    * the run's); nothing is fetched and the mount is as it was. */
