@@ -173,7 +173,10 @@ static const char staging_ddl[] =
   ");"
   "CREATE UNIQUE INDEX temp.staged_item ON staged (source_id, item_id, drive_id);"
   "CREATE TEMP TABLE doomed (ino INTEGER PRIMARY KEY, depth INTEGER NOT NULL);"
-  "CREATE TEMP TABLE excl (ino INTEGER PRIMARY KEY);";
+  "CREATE TEMP TABLE excl (ino INTEGER PRIMARY KEY);"
+  /* The folders of the set being committed, by remote id: where parents are looked up. */
+  "CREATE TEMP TABLE dirs (item_id TEXT NOT NULL, drive_id TEXT NOT NULL COLLATE NOCASE,"
+  "  ino INTEGER NOT NULL, PRIMARY KEY (item_id, drive_id)) WITHOUT ROWID;";
 
 /* ---- errors and statements ------------------------------------------------------------- */
 
