@@ -10,6 +10,10 @@ G_BEGIN_DECLS
 typedef enum {
   SYNC_HOOK_TASK_ACQUIRED,   /* a task passed the post-acquire cancel check (@path: its file) */
   SYNC_HOOK_BEFORE_DECIDE,   /* every worker is idle; the terminal state is about to be decided */
+  SYNC_HOOK_OBJECTS_DURABLE, /* the publish leader's syncfs() of the cache returned 0 and the
+                              * batch is not committed yet: once per file with content in the
+                              * batch (@path: its mount path). Lets a test see that the flush
+                              * precedes the publish; a real deployment cannot observe it. */
   SYNC_HOOK_N
 } SyncHookPoint;
 

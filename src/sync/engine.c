@@ -56,6 +56,7 @@
 G_DEFINE_QUARK (sync-error-quark, sync_error)
 
 #define DISPATCH_BATCH 256
+#define MODES_DIR "sources"   /* under cache_dir: root-delta mode files (root-delta.c) */
 #define PROGRESS_EVENT_INTERVAL_US (250 * 1000)
 
 typedef struct {
@@ -397,8 +398,9 @@ is_news (const StoreWork *work)
  * journal commit each (it made 10,000 small files 2.5 times slower). Since Linux 5.8 syncfs
  * reports writeback errors, so a late ENOSPC fails the batch (disk_full) instead of vanishing. */
 static gboolean
-sync_objects_fs (const char *dir, GError **error)
+sync_objects_fs (SyncEngine *e, StoreWork *const *works, const char *const *objects, guint n, GError **error)
 {
+  const char *dir = e->objects_dir;
   int fd = open (dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0 || syncfs (fd) != 0)
     {
@@ -409,6 +411,11 @@ sync_objects_fs (const char *dir, GError **error)
       return FALSE;
     }
   close (fd);
+  /* The test seam sits here, behind the flush that succeeded, so a test that sees it knows
+   * this batch's bytes were flushed before their commit. */
+  for (guint i = 0; i < n; i++)
+    if (objects[i])
+      engine_hook (e, SYNC_HOOK_OBJECTS_DURABLE, works[i]->path);
   return TRUE;
 }
 
@@ -431,7 +438,7 @@ publish_batch_as_leader (SyncEngine *e, GPtrArray *batch)
   gboolean any_object = FALSE;
   for (guint i = 0; i < n; i++)
     any_object |= objects[i] != NULL;
-  if (!any_object || sync_objects_fs (e->objects_dir, &first))
+  if (!any_object || sync_objects_fs (e, works, objects, n, &first))
     store_work_publish_batch (e->store, works, objects, n, &stale, &errors, &first);
 
   for (guint i = 0; i < n; i++)
@@ -1007,10 +1014,19 @@ enumerate_source (Run *run, const char *path)
     }
   else if (run->flags & SYNC_START_FULL)
     reconcile = TRUE, resync_reason = "full_start";
+  else if (src && !cursor)
+    {
+      /* A source the store knows, without a cursor: its items from earlier sets may include
+       * some that are gone now (a full start or resync that failed or was cancelled before its
+       * commit, a source configured again after its cursor was dropped). The enumeration lists
+       * everything, so it reconciles: the server wins, nothing deleted meanwhile stays. */
+      reconcile = TRUE;
+      resync_reason = "no_cursor";
+    }
 
   /* Business drives may refuse folder-scoped delta: such a source reads the root delta and
    * filters it by ancestry (root-delta.c); the mode persists next to the cache. */
-  g_autofree char *modes_dir = g_build_filename (e->cache_dir, "sources", NULL);
+  g_autofree char *modes_dir = g_build_filename (e->cache_dir, MODES_DIR, NULL);
   g_autoptr (SyncRootDelta) rd = sync_root_delta_load (modes_dir, source_id);
   if (sync_root_delta_active (rd) && !cursor)
     sync_root_delta_activate (rd);   /* a fresh enumeration rebuilds what is known */
@@ -1603,6 +1619,67 @@ timer_main (gpointer data)
   return NULL;
 }
 
+/* ---- sources no longer configured -------------------------------------------------------- */
+
+static gboolean
+engine_configures (SyncEngine *e, const char *remote_path)
+{
+  for (guint i = 0; i < e->sources->len; i++)
+    if (g_strcmp0 (((EngineSource *) e->sources->pdata[i])->path, remote_path) == 0)
+      return TRUE;   /* covered ones too: their mode and cursor still belong together */
+  return FALSE;
+}
+
+static StoreSource *
+find_store_source_id (GPtrArray *sources, gint64 id)
+{
+  for (guint i = 0; sources && i < sources->len; i++)
+    if (((StoreSource *) sources->pdata[i])->id == id)
+      return sources->pdata[i];
+  return NULL;
+}
+
+/* A source in root-delta mode keeps its known ids in MODES_DIR/source-<id>.json. When the
+ * source leaves the configuration nothing reads that file again, so it is removed here, at
+ * engine start (no run yet) — only names root-delta.c itself writes, only for sources the store
+ * does not list or that are not configured. The mode and the cursor belong together: a
+ * root-mode cursor is a root deltaLink, and without its file a later configuration of the same
+ * path would follow it as the folder's cursor and take in the whole drive. So the cursor is
+ * dropped first (the next enumeration of that source is a fresh, reconciling one), then the
+ * file; a crash in between leaves a file the next start removes. When the store cannot list
+ * its sources nothing is removed. */
+static void
+forget_unconfigured_modes (SyncEngine *e, GPtrArray *known)
+{
+  if (!known)
+    return;
+  g_autofree char *dir = g_build_filename (e->cache_dir, MODES_DIR, NULL);
+  g_autoptr (GDir) d = g_dir_open (dir, 0, NULL);
+  const char *name;
+  while (d && (name = g_dir_read_name (d)))
+    {
+      gint64 id;
+      if (!sync_root_delta_file_id (name, &id))
+        continue;
+      StoreSource *st = find_store_source_id (known, id);
+      if (st && engine_configures (e, st->remote_path))
+        continue;
+      g_autoptr (GError) error = NULL;
+      if (st && st->cursor && !store_source_reset_cursor (e->store, id, &error))
+        {
+          g_warning ("%s: cannot drop the cursor of the unconfigured source %s: %s (mode file kept)", name,
+                     st->remote_path, error->message);
+          continue;
+        }
+      g_autofree char *p = g_build_filename (dir, name, NULL);
+      if (g_unlink (p) != 0 && errno != ENOENT)
+        g_warning ("unlink(%s): %s", p, g_strerror (errno));
+      else
+        g_info ("%s: removed the root-delta state of %s, no longer configured", name,
+                st ? st->remote_path : "a source the store does not know");
+    }
+}
+
 /* ---- public ---------------------------------------------------------------------------- */
 
 static void
@@ -1739,6 +1816,7 @@ sync_engine_new (const SyncConfig *config, Store *store, GraphClient *client, GE
   e->rs = sync_run_state_new (initial);
 
   g_autoptr (GPtrArray) known = store_sources (store, NULL);
+  forget_unconfigured_modes (e, known);
   for (guint i = 0; i < e->sources->len; i++)
     {
       EngineSource *s = e->sources->pdata[i];

@@ -15,7 +15,9 @@
  * when one of them turns up under the source, the filter asks for a rescan (a fresh root
  * enumeration, reconciled), which is rare and always correct.
  *
- * The mode and the known ids persist in a small JSON file per source (written atomically).
+ * The mode and the known ids persist in a small JSON file per source (written atomically),
+ * <cache>/sources/source-<store source id>.json. The engine removes the file of a source that
+ * is no longer configured, together with its cursor (engine.c, forget_unconfigured_modes).
  * Known ids only grow before the commit of a set and shrink after it, so a crash in between
  * leaves a superset: the replayed set still recognises every item that left, and an extra id is
  * harmless (its later tombstone reaches the store as a tombstone for an id it never saw).
@@ -77,11 +79,34 @@ load_file (SyncRootDelta *rd)
   cJSON_Delete (doc);
 }
 
+static char *
+file_name (gint64 source_id)
+{
+  return g_strdup_printf ("source-%" G_GINT64_FORMAT ".json", source_id);
+}
+
+gboolean
+sync_root_delta_file_id (const char *name, gint64 *source_id)
+{
+  if (!g_str_has_prefix (name, "source-") || !g_str_has_suffix (name, ".json"))
+    return FALSE;
+  gint64 id = 0;
+  const char *p = name + strlen ("source-");
+  for (; g_ascii_isdigit (*p) && id < G_MAXINT64 / 10 - 10; p++)
+    id = id * 10 + (*p - '0');
+  /* Round trip: "source-01.json" or "source-1x.json" is not a name we ever wrote. */
+  g_autofree char *again = file_name (id);
+  if (id <= 0 || strcmp (again, name) != 0)
+    return FALSE;
+  *source_id = id;
+  return TRUE;
+}
+
 SyncRootDelta *
 sync_root_delta_load (const char *dir, gint64 source_id)
 {
   SyncRootDelta *rd = g_new0 (SyncRootDelta, 1);
-  g_autofree char *name = g_strdup_printf ("source-%" G_GINT64_FORMAT ".json", source_id);
+  g_autofree char *name = file_name (source_id);
   if (g_mkdir_with_parents (dir, 0700) != 0)
     g_warning ("mkdir(%s): %s", dir, g_strerror (errno));
   rd->path = g_build_filename (dir, name, NULL);

@@ -36,6 +36,11 @@ GPtrArray *sync_root_delta_filter (SyncRootDelta *rd, const char *source_item_id
 gboolean sync_root_delta_needs_rescan (const SyncRootDelta *rd);
 void sync_root_delta_forget_left (SyncRootDelta *rd);
 
+/* Whether @name is exactly the name sync_root_delta_load() gives the file of a source
+ * ("source-<id>.json"); its id goes to @source_id. Temp files of an interrupted save and
+ * anything else in the directory are not ours to judge: FALSE. */
+gboolean sync_root_delta_file_id (const char *name, gint64 *source_id);
+
 /* Writes the mode and the known ids atomically (temp file, fsync, rename). */
 gboolean sync_root_delta_save (SyncRootDelta *rd, GError **error);
 

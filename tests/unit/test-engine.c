@@ -926,6 +926,340 @@ test_folder_delta_not_supported (Env *env, gconstpointer data)
   g_assert_cmpfloat (cJSON_GetObjectItem (stats3, "full_downloads")->valuedouble, ==, 1);   /* z.txt */
 }
 
+/* The reason filtered_files gives for @path, or NULL when the run did not list it. */
+static char *
+filtered_reason (Env *env, const char *path)
+{
+  g_autoptr (cJSON) st = env_status (env);
+  const cJSON *it;
+  cJSON_ArrayForEach (it, cJSON_GetObjectItem (st, "filtered_files"))
+    if (g_strcmp0 (cJSON_GetObjectItem (it, "path")->valuestring, path) == 0)
+      return g_strdup (cJSON_GetObjectItem (it, "reason")->valuestring);
+  return NULL;
+}
+
+static char *
+add_item_id (Env *env, const char *json)
+{
+  g_autoptr (cJSON) r = env_admin (env, "POST", "items/add", json);
+  return g_strdup (cJSON_GetObjectItem (r, "id")->valuestring);
+}
+
+/* How many entries the mount shows in @path. */
+static guint
+mount_count (Env *env, const char *path)
+{
+  g_auto (StoreEntry) dir = { 0 };
+  g_auto (GStrv) parts = g_strsplit (path, "/", -1);
+  guint64 ino = STORE_ROOT_INO;
+  for (guint i = 0; parts[i]; i++)
+    if (*parts[i])
+      {
+        store_entry_clear (&dir);
+        g_assert_true (store_lookup (env->store, ino, parts[i], &dir, NULL));
+        ino = dir.ino;
+      }
+  g_autoptr (GPtrArray) kids = store_readdir (env->store, ino, NULL);
+  g_assert_nonnull (kids);
+  g_ptr_array_set_free_func (kids, (GDestroyNotify) store_entry_free);
+  return kids->len;
+}
+
+/* Downloads the fake served for @id (full + ranged). */
+static double
+downloads_of (Env *env, const char *id)
+{
+  g_autoptr (cJSON) stats = env_admin (env, "GET", "stats", NULL);
+  const cJSON *d = cJSON_GetObjectItem (cJSON_GetObjectItem (stats, "downloads"), id);
+  return d ? cJSON_GetObjectItem (d, "full")->valuedouble + cJSON_GetObjectItem (d, "ranged")->valuedouble : 0;
+}
+
+static void
+package_and_shortcut (Env *env, gboolean root_delta)
+{
+  /* Issue #5: OneNote packages and shortcuts to other drives get a defined outcome — not
+   * mirrored, listed in filtered_files (reasons package / remote_item), counted, never a failure
+   * and never a silent skip. Like every filtered file they are reported by the run whose delta
+   * set lists them (docs/status.md): the first sync, a full start, a change of the item. */
+  if (root_delta)
+    env_faults (env, "{\"folder_delta_not_supported\":true}");
+  g_autofree char *file_id = env_add_file_id (env, "/Docs/a.txt", "alpha");
+  g_autofree char *pkg_id
+      = add_item_id (env, "{\"path\":\"/Docs/Notebook\",\"package\":\"oneNote\",\"content\":\"onenote section bytes\"}");
+  g_autofree char *remote_id = add_item_id (env, "{\"path\":\"/Docs/Shared\",\"remote\":true}");
+  g_autofree char *inside_id = env_add_file_id (env, "/Docs/Shared/inside.txt", "on the other drive");
+  env_engine (env, NULL);
+
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed");
+  assert_counters_agree (env);
+  g_assert_cmpuint (status_uint (env, "files_filtered"), ==, 2);
+  g_assert_cmpuint (status_uint (env, "files_processed"), ==, 1);
+  g_assert_cmpuint (status_uint (env, "files_failed"), ==, 0);
+  {
+    g_autofree char *pkg = filtered_reason (env, "/Docs/Notebook");
+    g_autofree char *remote = filtered_reason (env, "/Docs/Shared");
+    g_assert_cmpstr (pkg, ==, "package");
+    g_assert_cmpstr (remote, ==, "remote_item");
+  }
+  g_assert_true (env_mount_has (env, "/Docs/a.txt"));
+  g_assert_false (env_mount_has (env, "/Docs/Notebook"));
+  g_assert_false (env_mount_has (env, "/Docs/Shared"));
+  g_assert_cmpuint (mount_count (env, "/Docs"), ==, 1);
+  g_assert_cmpuint (env_cache_objects (env), ==, 1);
+  g_assert_false (pending_has (env, "/Docs/Notebook"));
+  g_assert_false (pending_has (env, "/Docs/Shared"));
+  g_assert_cmpfloat (downloads_of (env, file_id), ==, 1);
+  g_assert_cmpfloat (downloads_of (env, pkg_id), ==, 0);
+  g_assert_cmpfloat (downloads_of (env, remote_id), ==, 0);
+  g_assert_cmpfloat (downloads_of (env, inside_id), ==, 0);
+
+  /* Incremental, nothing changed: the set is empty, so is the list (counters and lists are
+   * the run's); nothing is fetched and the mount is as it was. */
+  env_do (env, "POST", "stats/reset", "{}");
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed");
+  assert_counters_agree (env);
+  g_assert_cmpuint (status_uint (env, "files_filtered"), ==, 0);
+  g_assert_cmpuint (mount_count (env, "/Docs"), ==, 1);
+
+  /* The package changes: the set lists it again, so the run reports it again — and only it. */
+  env_itemop (env, "touch", "{\"path\":\"/Docs/Notebook\"}");
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed");
+  assert_counters_agree (env);
+  g_assert_cmpuint (status_uint (env, "files_filtered"), ==, 1);
+  {
+    g_autofree char *pkg = filtered_reason (env, "/Docs/Notebook");
+    g_assert_cmpstr (pkg, ==, "package");
+  }
+
+  /* Deleted remotely: its tombstone breaks nothing (no failure, nothing to remove from the
+   * mount), and from now on no run lists it; a full start lists the shortcut alone. */
+  env_itemop (env, "delete", "{\"path\":\"/Docs/Notebook\"}");
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed");
+  assert_counters_agree (env);
+  g_assert_cmpuint (status_uint (env, "files_filtered"), ==, 0);
+  g_assert_cmpuint (status_uint (env, "files_failed"), ==, 0);
+  g_assert_true (env_mount_has (env, "/Docs/a.txt"));
+  g_assert_cmpuint (mount_count (env, "/Docs"), ==, 1);
+
+  g_assert_cmpstr (env_sync (env, SYNC_START_FULL), ==, "completed");
+  assert_counters_agree (env);
+  g_assert_cmpuint (status_uint (env, "files_filtered"), ==, 1);
+  {
+    g_autofree char *pkg = filtered_reason (env, "/Docs/Notebook");
+    g_autofree char *remote = filtered_reason (env, "/Docs/Shared");
+    g_assert_null (pkg);
+    g_assert_cmpstr (remote, ==, "remote_item");
+  }
+  g_assert_cmpuint (status_uint (env, "files_unchanged"), ==, 1);   /* a.txt */
+  g_assert_cmpuint (mount_count (env, "/Docs"), ==, 1);
+  g_autoptr (cJSON) stats = env_admin (env, "GET", "stats", NULL);
+  g_assert_cmpfloat (cJSON_GetObjectItem (stats, "full_downloads")->valuedouble, ==, 0);
+}
+
+static void
+test_package_and_shortcut (Env *env, gconstpointer data)
+{
+  package_and_shortcut (env, FALSE);
+}
+
+/* The same through root-delta mode, which reports them from its filtered set. */
+static void
+test_package_and_shortcut_root_delta (Env *env, gconstpointer data)
+{
+  package_and_shortcut (env, TRUE);
+}
+
+typedef struct {
+  Env        *env;
+  GMutex      lock;
+  GHashTable *flushed;          /* protected by lock: path → times seen at the seam */
+  guint       visible_early;    /* protected by lock: files already in the mount at the seam */
+} FlushSeen;
+
+static void
+note_flush (SyncEngine *engine, const char *path, gpointer user_data)
+{
+  FlushSeen *f = user_data;
+  /* The leader calls this after syncfs() and before the store commit of the batch. */
+  gboolean visible = env_mount_has (f->env, path);
+  g_mutex_lock (&f->lock);
+  guint n = GPOINTER_TO_UINT (g_hash_table_lookup (f->flushed, path));
+  g_hash_table_insert (f->flushed, g_strdup (path), GUINT_TO_POINTER (n + 1));
+  f->visible_early += visible;
+  g_mutex_unlock (&f->lock);
+}
+
+static void
+test_syncfs_before_publish (Env *env, gconstpointer data)
+{
+  /* Durability: the cache file system is flushed (syncfs) before the store commit that makes
+   * a batch's files visible, or a power cut could leave published files without their bytes.
+   * The engine's seam fires behind a syncfs() that returned 0; every file must pass it once,
+   * while still invisible, and be visible after the run. */
+  enum { N = 12 };
+  char *paths[N];
+  for (guint i = 0; i < N; i++)
+    {
+      paths[i] = g_strdup_printf ("/Docs/%s/f%02u.bin", i % 2 ? "odd" : "even", i);
+      if (i == 5)
+        env_add_file (env, paths[i], "");   /* an empty file has an object too */
+      else
+        env_add_generated (env, paths[i], 1000 + 4096 * i, i);
+    }
+  EnvOptions opts = { .workers = 3 };
+  env_engine (env, &opts);
+  FlushSeen f = { .env = env, .flushed = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL) };
+  g_mutex_init (&f.lock);
+  sync_engine_set_hook (env->engine, SYNC_HOOK_OBJECTS_DURABLE, note_flush, &f);
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed");
+  sync_engine_set_hook (env->engine, SYNC_HOOK_OBJECTS_DURABLE, NULL, NULL);
+  assert_mirror_equals_remote (env);
+
+  g_assert_cmpuint (f.visible_early, ==, 0);
+  g_assert_cmpuint (g_hash_table_size (f.flushed), ==, N);
+  for (guint i = 0; i < N; i++)
+    {
+      g_assert_cmpuint (GPOINTER_TO_UINT (g_hash_table_lookup (f.flushed, paths[i])), ==, 1);
+      g_assert_true (env_mount_has (env, paths[i]));
+      g_free (paths[i]);
+    }
+  g_hash_table_unref (f.flushed);
+  g_mutex_clear (&f.lock);
+}
+
+static gint64
+store_source_id (Env *env, const char *path, gboolean *has_cursor)
+{
+  g_autoptr (GPtrArray) sources = store_sources (env->store, NULL);
+  g_assert_nonnull (sources);
+  for (guint i = 0; i < sources->len; i++)
+    {
+      StoreSource *s = sources->pdata[i];
+      if (g_strcmp0 (s->remote_path, path) == 0)
+        {
+          if (has_cursor)
+            *has_cursor = s->cursor != NULL;
+          return s->id;
+        }
+    }
+  g_error ("the store has no source %s", path);
+}
+
+static char *
+mode_file (Env *env, const char *name)
+{
+  return g_build_filename (env->cache_dir, "sources", name, NULL);
+}
+
+static gboolean
+mode_file_exists (Env *env, gint64 id)
+{
+  g_autofree char *name = g_strdup_printf ("source-%" G_GINT64_FORMAT ".json", id);
+  g_autofree char *p = mode_file (env, name);
+  return g_file_test (p, G_FILE_TEST_EXISTS);
+}
+
+static void
+put_file (Env *env, const char *name)
+{
+  g_autofree char *p = mode_file (env, name);
+  g_assert_true (g_file_set_contents (p, "{}", -1, NULL));
+}
+
+static void
+test_unconfigured_source_forgotten (Env *env, gconstpointer data)
+{
+  /* Root-delta mode keeps a known-ids file per source. A source that leaves the configuration
+   * takes its file with it — and its cursor, which is a root deltaLink that must never be
+   * followed as a folder's. Configured again, it is enumerated afresh and reconciled, so what
+   * changed meanwhile (a deletion too) arrives. Nothing else in the directory is touched. */
+  env_faults (env, "{\"folder_delta_not_supported\":true}");
+  env_add_file (env, "/Docs/a.txt", "alpha");
+  env_add_file (env, "/Other/b.txt", "beta");
+  env_add_file (env, "/Other/gone.txt", "deleted while not configured");
+  static const char *const both[] = { "/Docs", "/Other", NULL };
+  static const char *const docs_only[] = { "/Docs", NULL };
+  EnvOptions opts = { .sources = both };
+  env_engine (env, &opts);
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed");
+  gint64 docs = store_source_id (env, "/Docs", NULL);
+  gint64 other = store_source_id (env, "/Other", NULL);
+  g_assert_true (mode_file_exists (env, docs));
+  g_assert_true (mode_file_exists (env, other));
+  g_assert_true (env_mount_has (env, "/Other/gone.txt"));
+  /* Names that are not the engine's, and one of its names for a source no store row has. */
+  put_file (env, "notes.json");
+  put_file (env, "source-01.json");
+  g_autofree char *tmp_name = g_strdup_printf ("source-%" G_GINT64_FORMAT ".json.K3J9QZ", other);
+  put_file (env, tmp_name);
+  put_file (env, "source-4242.json");
+
+  /* /Other leaves the configuration. */
+  EnvOptions opts2 = { .sources = docs_only };
+  env_engine (env, &opts2);
+  gboolean docs_cursor = FALSE, other_cursor = TRUE;
+  store_source_id (env, "/Docs", &docs_cursor);
+  store_source_id (env, "/Other", &other_cursor);
+  g_assert_true (mode_file_exists (env, docs));
+  g_assert_true (docs_cursor);
+  g_assert_false (mode_file_exists (env, other));
+  g_assert_false (other_cursor);
+  g_assert_false (mode_file_exists (env, 4242));
+  const char *kept[] = { "notes.json", "source-01.json", tmp_name };
+  for (guint i = 0; i < G_N_ELEMENTS (kept); i++)
+    {
+      g_autofree char *p = mode_file (env, kept[i]);
+      g_assert_true (g_file_test (p, G_FILE_TEST_EXISTS));
+    }
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed");
+  g_assert_false (mode_file_exists (env, other));
+
+  /* Meanwhile /Other changes; configured again it comes back whole and current. */
+  env_itemop (env, "delete", "{\"path\":\"/Other/gone.txt\"}");
+  env_add_file (env, "/Other/new.txt", "new");
+  env_engine (env, &opts);
+  env_do (env, "POST", "stats/reset", "{}");
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed");
+  g_assert_true (mode_file_exists (env, other));
+  g_assert_true (env_mount_has (env, "/Other/b.txt"));
+  g_assert_true (env_mount_has (env, "/Other/new.txt"));
+  g_assert_false (env_mount_has (env, "/Other/gone.txt"));
+  g_autofree char *why = NULL;
+  if (!env_mirror_equals_remote (env, "/Other", &why))
+    g_error ("/Other differs from remote: %s", why);
+  assert_mirror_equals_remote (env);
+  g_autoptr (cJSON) stats = env_admin (env, "GET", "stats", NULL);
+  g_assert_cmpfloat (cJSON_GetObjectItem (stats, "full_downloads")->valuedouble, ==, 1);   /* new.txt */
+}
+
+static void
+test_failed_full_start_reconciles_later (Env *env, gconstpointer data)
+{
+  /* A full start drops the cursor before it enumerates. When it fails before its commit the
+   * source has items but no cursor; the next plain run enumerates everything and must still
+   * let the server win, or a file deleted meanwhile stays in the mount for good. */
+  env_add_file (env, "/Docs/a.txt", "alpha");
+  env_add_file (env, "/Docs/gone.txt", "deleted after the failed full start");
+  env_engine (env, NULL);
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed");
+  env_faults (env, "{\"errors\":[{\"status\":500,\"route\":\"delta\",\"count\":-1}]}");
+  g_test_expect_message ("odsf-sync", G_LOG_LEVEL_WARNING, "source /Docs: GET delta: HTTP 500*");
+  g_assert_cmpstr (env_sync (env, SYNC_START_FULL), ==, "failed");
+  g_test_assert_expected_messages ();
+  env_faults (env, "{\"clear\":true}");
+  env_itemop (env, "delete", "{\"path\":\"/Docs/gone.txt\"}");
+  env_do (env, "POST", "stats/reset", "{}");
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed");
+  g_assert_false (env_mount_has (env, "/Docs/gone.txt"));
+  assert_mirror_equals_remote (env);
+  g_autoptr (cJSON) stats = env_admin (env, "GET", "stats", NULL);
+  g_assert_cmpfloat (cJSON_GetObjectItem (stats, "full_downloads")->valuedouble, ==, 0);
+  g_autoptr (cJSON) st = env_status (env);
+  const cJSON *src = cJSON_GetArrayItem (cJSON_GetObjectItem (st, "sources"), 0);
+  g_assert_cmpstr (cJSON_GetObjectItem (src, "last_resync_reason")->valuestring, ==, "no_cursor");
+  g_assert_cmpint (cJSON_GetObjectItem (src, "reconciled_deletes")->valueint, ==, 1);
+}
+
 /* Why this process has no private mount namespace, or NULL when it has one. */
 static char *no_private_mounts;
 
@@ -1174,5 +1508,10 @@ main (int argc, char **argv)
   env_add ("/engine/timeout", test_timeout);
   env_add ("/engine/status-counts-files", test_status_counts_files);
   env_add ("/engine/crash-leftovers-collected", test_crash_leftovers_collected);
+  env_add ("/engine/package-and-shortcut", test_package_and_shortcut);
+  env_add ("/engine/package-and-shortcut-root-delta", test_package_and_shortcut_root_delta);
+  env_add ("/engine/syncfs-before-publish", test_syncfs_before_publish);
+  env_add ("/engine/unconfigured-source-forgotten", test_unconfigured_source_forgotten);
+  env_add ("/engine/failed-full-start-reconciles-later", test_failed_full_start_reconciles_later);
   return g_test_run ();
 }
