@@ -163,6 +163,8 @@ gboolean store_work_count (Store *store, guint *count, GError **error);
 
 /* Publishes the work's new state and removes it from the queue, in one transaction.
  * @cache_object: the file now holding the verified bytes (DOWNLOAD / UPDATE of a file), else NULL.
+ * A cache object holds the bytes of ONE item: the caller gives each publish a name of its own
+ * (never one another item holds), so the store need not look objects up to know they are free.
  * @stale_cache_objects receives cache objects no longer referenced by any item (after UPDATE /
  * DELETE): a new array when *@stale_cache_objects is NULL, else appended to; the caller unlinks
  * them. When a later commit superseded this work (new target: new work_id) or made it obsolete,

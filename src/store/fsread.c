@@ -300,17 +300,9 @@ exclude_locked (Store *store, guint64 ino, GPtrArray *objects, GError **error)
         "DELETE FROM work WHERE ino IN (SELECT ino FROM temp.excl);"
         "DELETE FROM temp.excl;", error))
     return FALSE;
-  g_autoptr (StoreStmt) used = store_conn_stmt (w,
-      "SELECT EXISTS (SELECT 1 FROM items WHERE cache_object = ?1)", error);
-  if (used == NULL)
-    return FALSE;
+  /* Each object is one item's (store.h): the excluded items held these alone. */
   for (guint i = 0; i < candidates->len; i++)
-    {
-      sqlite3_reset (used);
-      sqlite3_bind_text (used, 1, candidates->pdata[i], -1, SQLITE_STATIC);
-      if (sqlite3_step (used) == SQLITE_ROW && !sqlite3_column_int (used, 0))
-        g_ptr_array_add (objects, g_strdup (candidates->pdata[i]));
-    }
+    g_ptr_array_add (objects, g_steal_pointer (&candidates->pdata[i]));
   return TRUE;
 }
 

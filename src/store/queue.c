@@ -159,20 +159,13 @@ typedef struct {
   gboolean         done;
 } PubReq;
 
+/* An object names the bytes of one item only (see store.h): once that item lets go of it,
+ * nobody holds it. No lookup, so no index on cache_object to keep up at every publish. */
 static void
-add_stale (StoreConn *w, GPtrArray *stale, const char *object)
+add_stale (GPtrArray *stale, const char *object)
 {
-  if (object == NULL)
-    return;
-  g_autoptr (StoreStmt) st = store_conn_stmt (w,
-      "SELECT EXISTS (SELECT 1 FROM items WHERE cache_object = ?1)", NULL);
-  if (st != NULL)
-    {
-      sqlite3_bind_text (st, 1, object, -1, SQLITE_STATIC);
-      if (sqlite3_step (st) == SQLITE_ROW && sqlite3_column_int (st, 0))
-        return; /* still someone's bytes */
-    }
-  g_ptr_array_add (stale, g_strdup (object));
+  if (object != NULL)
+    g_ptr_array_add (stale, g_strdup (object));
 }
 
 static gboolean
@@ -199,7 +192,7 @@ apply_publish (StoreConn *w, PubReq *req, GError **error)
         /* Superseded or obsolete: the bytes are for a target nobody wants any more. */
         g_debug ("work %" G_GINT64_FORMAT " was superseded; publish ignored", work->work_id);
         sqlite3_reset (st);
-        add_stale (w, req->stale, req->cache_object);
+        add_stale (req->stale, req->cache_object);
         return TRUE;
       }
     if (rc != SQLITE_ROW)
@@ -241,7 +234,7 @@ apply_publish (StoreConn *w, PubReq *req, GError **error)
         if (!store_stmt_run (w, st, "publish content", error))
           return FALSE;
         if (old_object && g_strcmp0 (old_object, req->cache_object) != 0)
-          add_stale (w, req->stale, old_object);
+          add_stale (req->stale, old_object);
         break;
       }
     case STORE_ACTION_MOVE:
@@ -262,7 +255,7 @@ apply_publish (StoreConn *w, PubReq *req, GError **error)
           return FALSE;
         /* A cache object handed to a metadata-only publish is not ours to keep. */
         if (req->cache_object && g_strcmp0 (req->cache_object, old_object) != 0)
-          add_stale (w, req->stale, req->cache_object);
+          add_stale (req->stale, req->cache_object);
         break;
       }
     case STORE_ACTION_DELETE:
@@ -274,9 +267,9 @@ apply_publish (StoreConn *w, PubReq *req, GError **error)
         sqlite3_bind_int64 (st, 1, work->ino);
         if (!store_stmt_run (w, st, "publish delete", error))
           return FALSE;
-        add_stale (w, req->stale, old_object);
+        add_stale (req->stale, old_object);
         if (req->cache_object && g_strcmp0 (req->cache_object, old_object) != 0)
-          add_stale (w, req->stale, req->cache_object);
+          add_stale (req->stale, req->cache_object);
         return TRUE;
       }
     default:
@@ -574,7 +567,7 @@ store_work_skip (Store *store, const StoreWork *work, const char *reason,
         sqlite3_bind_int64 (del, 1, work->work_id);
         if (!store_stmt_run (w, del, "dequeue filtered", error))
           goto fail;
-        add_stale (w, stale, old_object);
+        add_stale (stale, old_object);
       }
     if (!store_commit (store, error))
       return FALSE;

@@ -93,7 +93,7 @@ static const char *const migrations[] = {
   "CREATE UNIQUE INDEX items_remote ON items (drive_id, item_id);"
   "CREATE INDEX items_dir ON items (parent_ino, name);"
   "CREATE INDEX items_tree ON items (t_parent_ino);"
-  /* A cache object is stale only when no item references it (the engine may share one). */
+  /* Dropped by 3 → 4. */
   "CREATE INDEX items_cache ON items (cache_object) WHERE cache_object IS NOT NULL;"
   /* The queue. UNIQUE(ino): an item is never queued twice, whatever sources overlap.
    * AUTOINCREMENT: a publish names its work by id, and an id is never reused. */
@@ -140,6 +140,9 @@ static const char *const migrations[] = {
    * drive, compared with NOCASE) first, each comparison in the index walked it in full. */
   "DROP INDEX items_remote;"
   "CREATE UNIQUE INDEX items_remote ON items (item_id, drive_id);",
+  /* 3 → 4: a cache object belongs to one item (store.h), so nothing looks items up by it;
+   * the index cost a b-tree insert and delete at every publish. */
+  "DROP INDEX items_cache;",
 };
 
 #define STORE_SCHEMA_VERSION ((int) G_N_ELEMENTS (migrations))
@@ -173,7 +176,10 @@ static const char staging_ddl[] =
   ");"
   "CREATE UNIQUE INDEX temp.staged_item ON staged (source_id, item_id, drive_id);"
   "CREATE TEMP TABLE doomed (ino INTEGER PRIMARY KEY, depth INTEGER NOT NULL);"
-  "CREATE TEMP TABLE excl (ino INTEGER PRIMARY KEY);";
+  "CREATE TEMP TABLE excl (ino INTEGER PRIMARY KEY);"
+  /* The folders of the set being committed, by remote id: where parents are looked up. */
+  "CREATE TEMP TABLE dirs (item_id TEXT NOT NULL, drive_id TEXT NOT NULL COLLATE NOCASE,"
+  "  ino INTEGER NOT NULL, PRIMARY KEY (item_id, drive_id)) WITHOUT ROWID;";
 
 /* ---- errors and statements ------------------------------------------------------------- */
 
