@@ -20,6 +20,8 @@ def env(tmp_path):
     e["XDG_CONFIG_HOME"] = str(tmp_path / "config")
     e["XDG_CACHE_HOME"] = str(tmp_path / "cache")
     e["HOME"] = str(tmp_path)
+    # The daemon's override of the config file: a developer's own must not leak in.
+    e.pop("ONEDRIVE_SYNCFS_CONFIG", None)
     return e
 
 
@@ -42,6 +44,12 @@ def write_config(env, fake, profile="default", client_id="test-client"):
             f.write(f"client_id={client_id}\n")
         f.write(f"login_url={fake.info['login_url']}\n")
         f.write(f"graph_url={fake.info['graph_url']}\n")
+
+
+def write_config_file(path, fake, token_file, profile="default", client_id="test-client"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"[{profile}]\nclient_id={client_id}\nlogin_url={fake.info['login_url']}\n"
+                    f"graph_url={fake.info['graph_url']}\ntoken_file={token_file}\n")
 
 
 def start_login(env, *args):
@@ -112,3 +120,53 @@ def test_login_refused(env, fake, op, code, words):
     assert p.returncode == code, (out, err)
     assert words in err
     assert not os.path.exists(os.path.join(env["XDG_CONFIG_HOME"], "onedrive-syncfs", "default", "token.json"))
+
+
+def approve_login(env, fake, *args):
+    p = start_login(env, *args)
+    try:
+        code = read_code(p)
+        fake.admin("POST", "devicecode/approve", {"user_code": code})
+        out, err = p.communicate(timeout=30)
+    finally:
+        p.kill()
+    assert p.returncode == EXIT_OK, err
+    return out
+
+
+def test_login_reads_config_named_by_environment(env, fake, tmp_path):
+    # The daemon's rule: ONEDRIVE_SYNCFS_CONFIG, when set, replaces the XDG config file. A
+    # login that read the XDG file would store the token where the daemon never looks.
+    xdg_token = tmp_path / "xdg-token.json"
+    write_config_file(tmp_path / "config" / "onedrive-syncfs" / "config", fake, xdg_token)
+    env_token = tmp_path / "env-token" / "token.json"
+    env["ONEDRIVE_SYNCFS_CONFIG"] = str(tmp_path / "other.conf")
+    write_config_file(tmp_path / "other.conf", fake, env_token)
+    out = approve_login(env, fake)
+    assert str(env_token) in out
+    assert stat.S_IMODE(os.stat(env_token).st_mode) == 0o600
+    assert not xdg_token.exists()
+    assert not (tmp_path / "config" / "onedrive-syncfs" / "default" / "token.json").exists()
+
+
+def test_login_config_flag_beats_environment(env, fake, tmp_path):
+    env_token = tmp_path / "env-token.json"
+    env["ONEDRIVE_SYNCFS_CONFIG"] = str(tmp_path / "env.conf")
+    write_config_file(tmp_path / "env.conf", fake, env_token)
+    flag_token = tmp_path / "flag-token.json"
+    write_config_file(tmp_path / "flag.conf", fake, flag_token)
+    approve_login(env, fake, "--config", str(tmp_path / "flag.conf"))
+    assert stat.S_IMODE(os.stat(flag_token).st_mode) == 0o600
+    assert not env_token.exists()
+
+
+def test_login_environment_names_missing_config(env, tmp_path):
+    # Like the daemon, a missing file reads as empty: the XDG file is not consulted instead.
+    d = tmp_path / "config" / "onedrive-syncfs"
+    d.mkdir(parents=True)
+    # Its login_url is a closed loopback port: a tool that read it fails fast, offline.
+    (d / "config").write_text("[default]\nclient_id=from-xdg\nlogin_url=http://127.0.0.1:9\n")
+    env["ONEDRIVE_SYNCFS_CONFIG"] = str(tmp_path / "missing.conf")
+    r = run_ctl("login", env=env)
+    assert r.returncode == EXIT_NOT_CONFIGURED, r.stderr
+    assert str(tmp_path / "missing.conf") in r.stderr

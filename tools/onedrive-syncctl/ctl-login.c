@@ -1,9 +1,11 @@
 /* `onedrive-syncctl login` (see ctl-login.h).
  *
- * The settings come from the same place as the daemon's: the group [PROFILE] of
- * $XDG_CONFIG_HOME/onedrive-syncfs/config, overridden by command-line flags; the token goes
- * where the daemon will look for it, $XDG_CONFIG_HOME/onedrive-syncfs/PROFILE/token.json
- * (or the profile's token_file), mode 0600.
+ * The settings come from the same place as the daemon's: the group [PROFILE] of the config
+ * file, overridden by command-line flags; the token goes where the daemon will look for it,
+ * $XDG_CONFIG_HOME/onedrive-syncfs/PROFILE/token.json (or the profile's token_file), mode 0600.
+ * The config file is chosen by the daemon's rule plus our flag: --config, else
+ * $ONEDRIVE_SYNCFS_CONFIG, else $XDG_CONFIG_HOME/onedrive-syncfs/config. A login that read
+ * another file than the daemon would store the token where the daemon never looks.
  */
 #define G_LOG_DOMAIN "odsf-ctl"
 
@@ -58,6 +60,9 @@ load_settings (LoginSettings *s, GError **error)
       return FALSE;
     }
   g_autofree char *base = xdg_dir ("XDG_CONFIG_HOME", ".config");
+  /* As src/main.c: the variable, when set, names the file (a missing one reads as empty). */
+  if (!s->config && g_getenv ("ONEDRIVE_SYNCFS_CONFIG") != NULL)
+    s->config = g_strdup (g_getenv ("ONEDRIVE_SYNCFS_CONFIG"));
   if (!s->config)
     s->config = g_build_filename (base, "onedrive-syncfs", "config", NULL);
   g_autoptr (GKeyFile) kf = g_key_file_new ();
@@ -125,7 +130,7 @@ ctl_login_main (int argc, char **argv)
     { "login-url", 0, 0, G_OPTION_ARG_STRING, &s.login_url, "Identity platform base URL", "URL" },
     { "ca-file", 0, 0, G_OPTION_ARG_FILENAME, &s.ca_file, "Extra CA bundle to trust", "FILE" },
     { "token-file", 0, 0, G_OPTION_ARG_FILENAME, &s.token_file, "Where to store the token", "FILE" },
-    { "config", 0, 0, G_OPTION_ARG_FILENAME, &s.config, "Config file (default: $XDG_CONFIG_HOME/onedrive-syncfs/config)", "FILE" },
+    { "config", 0, 0, G_OPTION_ARG_FILENAME, &s.config, "Config file (default: $ONEDRIVE_SYNCFS_CONFIG, else $XDG_CONFIG_HOME/onedrive-syncfs/config)", "FILE" },
     { NULL }
   };
   g_autoptr (GOptionContext) ctx = g_option_context_new (NULL);
