@@ -82,7 +82,9 @@ typedef enum {
 
 typedef void (*SyncNotifyFunc) (SyncNotifyKind kind, guint64 ino, guint64 parent_ino,
                                 const char *name, gpointer user_data);
-/* Called from engine threads, never while an engine lock is held; keep it short. */
+/* Called from engine threads, never while an engine lock is held; keep it short. Order: every
+ * SYNC_NOTIFY_PUBLISHED of a change comes before its file_published event is appended to the
+ * ring, so the filesystem can hold a line back until the change's invalidations are sent. */
 void sync_engine_set_notify (SyncEngine *engine, SyncNotifyFunc func, gpointer user_data);
 
 /* ---- the event stream ------------------------------------------------------------------ */

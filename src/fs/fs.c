@@ -31,8 +31,21 @@
  * once the invalidation thread has handled that many (bounded by STATUS_BARRIER_US, in case
  * the thread waits for a request no loop thread is free to serve).
  *
- * Lock order: mount->lock, then the engine's locks (sync_engine_events_read), then libfuse's
- * internal locks (fuse_reply_* while holding mount->lock is fine). The interrupt callback runs
+ * Nor does the event stream. An indexer that reads "file_published P" and at once stats P
+ * must see the new entry, not the kernel's stale one. The engine queues a change's publish
+ * notes before it appends the change's event, so when lines are taken from the engine, the
+ * publish notes counted right after cover every one of them. Those lines wait in the
+ * handle's buffer (a read blocks, poll says not readable) until the invalidation thread has
+ * handled that many notes; the thread then answers the blocked read and wakes the poller
+ * itself, so holding a line back costs no loop thread. Bounded like the status: lines held
+ * longer than EVENTS_BARRIER_US go out at the next read, poll or handled note, and all of
+ * them once the thread has stopped (barrier_off; detach answers blocked reads) or the loop
+ * has ended. The test seam ODSF_TEST_INVALIDATION_DELAY_MS (read at mount) makes the
+ * thread sleep before each publish note, so the integration tests can show a reader never
+ * overtakes the invalidations (docs/events.md).
+ *
+ * Lock order: mount->lock, then barrier_lock or the engine's locks (sync_engine_events_read),
+ * then libfuse's internal locks (fuse_reply_* while holding mount->lock is fine). The interrupt callback runs
  * with libfuse's req->lock held and takes mount->lock, so fuse_req_interrupt_func() is never
  * called while mount->lock is held.
  */
@@ -66,8 +79,12 @@ G_DEFINE_QUARK (fs-error-quark, fs_error)
 #define ENTRY_TIMEOUT 60.0
 #define ATTR_TIMEOUT  60.0
 
-/* How long a status open waits for the invalidations it must not overtake (see the top). */
+/* How long a status open waits for the invalidations it must not overtake, and how long event
+ * lines are held back for theirs (see the top). */
 #define STATUS_BARRIER_US (2 * G_USEC_PER_SEC)
+#define EVENTS_BARRIER_US STATUS_BARRIER_US
+/* The test seam's ceiling: a typo in a test must not stall a mount for minutes. */
+#define TEST_DELAY_MAX_MS 10000
 
 enum {
   CTL_DIR = 1,
@@ -122,6 +139,10 @@ typedef struct {
 typedef struct {
   GString   *buffered;                /* protected by mount->lock */
   gsize      buffered_off;
+  /* The buffered lines go out once published_done reaches barrier (see the top). */
+  guint64    barrier;                 /* protected by mount->lock */
+  gint64     filled_at;               /* protected by mount->lock: monotonic time of the fill */
+  gboolean   released;                /* protected by mount->lock: barrier reached (or given up) */
   guint64    cursor;                  /* protected by mount->lock */
   fuse_req_t pending;                 /* a read waiting for events; protected by mount->lock */
   size_t     pending_size;
@@ -184,6 +205,7 @@ struct _FsMount {
   guint64     published_queued;       /* protected by barrier_lock */
   guint64     published_done;         /* protected by barrier_lock */
   gboolean    barrier_off;            /* protected by barrier_lock: the thread stopped */
+  gulong      test_delay_us;          /* the test seam: sleep before each publish note */
 
   guint       status_serial;          /* atomic */
   gint        status_note_queued;     /* atomic: coalesces NOTE_STATUS */
@@ -1298,28 +1320,70 @@ events_read_interrupted (fuse_req_t req, void *data)
   g_mutex_unlock (&m->lock);
 }
 
-/* Under m->lock: answers @h's blocked read if events are there. */
+/* Under m->lock: once @h's buffer is drained, takes the next lines from the engine and the
+ * barrier they must wait for (see the top). */
+static void
+events_refill (FsMount *m, EventsHandle *h, size_t size)
+{
+  if (h->buffered_off < h->buffered->len || m->engine == NULL || m->closed)
+    return;
+  g_string_truncate (h->buffered, 0);
+  h->buffered_off = 0;
+  sync_engine_events_read (m->engine, &h->cursor, h->buffered, MAX (size, EVENTS_REFILL_BYTES));
+  if (h->buffered->len == 0)
+    return;
+  /* Counted after the read: the notes of every line just read were queued before it. */
+  g_mutex_lock (&m->barrier_lock);
+  h->barrier = m->published_queued;
+  h->released = m->published_done >= h->barrier;
+  g_mutex_unlock (&m->barrier_lock);
+  h->filled_at = g_get_monotonic_time ();
+}
+
+/* Under m->lock: may @h's buffered lines go out, their invalidations sent? */
+static gboolean
+events_released (FsMount *m, EventsHandle *h)
+{
+  if (h->released)
+    return TRUE;
+  g_mutex_lock (&m->barrier_lock);
+  guint64 missing = h->barrier > m->published_done ? h->barrier - m->published_done : 0;
+  h->released = missing == 0 || m->barrier_off || g_atomic_int_get (&m->loop_ended);
+  g_mutex_unlock (&m->barrier_lock);
+  if (!h->released && g_get_monotonic_time () - h->filled_at >= EVENTS_BARRIER_US)
+    {
+      g_debug ("events served before %" G_GUINT64_FORMAT " invalidations were sent", missing);
+      h->released = TRUE;
+    }
+  return h->released;
+}
+
+/* Under m->lock: would a read of @h be answered now (released lines, or the end)? */
+static gboolean
+events_readable (FsMount *m, EventsHandle *h)
+{
+  events_refill (m, h, EVENTS_REFILL_BYTES);
+  if (h->buffered_off < h->buffered->len)
+    return events_released (m, h);
+  return m->closed || m->events_ending || m->engine == NULL;
+}
+
+/* Under m->lock: answers @h's blocked read if released events (or the end) are there. */
 static gboolean
 events_try_answer (FsMount *m, EventsHandle *h, fuse_req_t req, size_t size)
 {
+  events_refill (m, h, size);
   if (h->buffered_off >= h->buffered->len)
     {
-      if (m->engine != NULL && !m->closed)
-        {
-          g_string_truncate (h->buffered, 0);
-          h->buffered_off = 0;
-          sync_engine_events_read (m->engine, &h->cursor, h->buffered, MAX (size, EVENTS_REFILL_BYTES));
-        }
-      if (h->buffered_off >= h->buffered->len)
-        {
-          if (m->engine != NULL && !m->closed && !m->events_ending)
-            return FALSE;
-          fuse_reply_buf (req, NULL, 0);   /* shutting down: end of stream */
-          h->ended = TRUE;
-          g_cond_broadcast (&m->events_cond);
-          return TRUE;
-        }
+      if (m->engine != NULL && !m->closed && !m->events_ending)
+        return FALSE;
+      fuse_reply_buf (req, NULL, 0);   /* shutting down: end of stream */
+      h->ended = TRUE;
+      g_cond_broadcast (&m->events_cond);
+      return TRUE;
     }
+  if (!events_released (m, h))
+    return FALSE;   /* held back: the invalidation thread answers once it has caught up */
   gsize n = MIN (size, h->buffered->len - h->buffered_off);
   gsize off = h->buffered_off;
   h->buffered_off += n;
@@ -1342,7 +1406,8 @@ read_events (fuse_req_t req, FsMount *m, EventsHandle *h, size_t size)
   if (answered)
     return;
 
-  /* Block like tail -f: the invalidation thread answers when an event arrives. The interrupt
+  /* Block like tail -f: the invalidation thread answers when an event arrives (or when the
+   * lines held back are released). The interrupt
    * callback is registered before the request becomes visible to that thread, so a reply
    * can never race with the registration. */
   fuse_req_interrupt_func (req, events_read_interrupted, m);
@@ -1479,9 +1544,9 @@ fs_poll (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi, struct fuse_
     }
   else
     {
+      /* Lines held back are not readable yet: a read would block. */
       EventsHandle *h = (EventsHandle *) (uintptr_t) fi->fh;
-      if (m->closed || m->events_ending || m->engine == NULL || h->buffered_off < h->buffered->len
-          || sync_engine_events_head (m->engine) > h->cursor)
+      if (events_readable (m, h))
         revents = POLLIN;
       else if (ph != NULL)
         {
@@ -1621,6 +1686,27 @@ wake_event_readers (FsMount *m)
       /* Replying is not a notification: fine under the lock (see the lock order above). */
       if (h->pending != NULL && events_try_answer (m, h, h->pending, h->pending_size))
         h->pending = NULL;
+      /* A poller of lines still held back is woken when they are released. */
+      if (h->ph != NULL && events_readable (m, h))
+        g_ptr_array_add (phs, g_steal_pointer (&h->ph));
+    }
+  g_mutex_unlock (&m->lock);
+  notify_pollers (m, phs);
+}
+
+/* After a publish note: hands out the event lines that waited for it (see the top). */
+static void
+release_held_events (FsMount *m)
+{
+  g_autoptr (GPtrArray) phs = g_ptr_array_new ();
+  g_mutex_lock (&m->lock);
+  for (guint i = 0; i < m->events_handles->len; i++)
+    {
+      EventsHandle *h = m->events_handles->pdata[i];
+      if (h->buffered_off >= h->buffered->len || h->released || !events_released (m, h))
+        continue;
+      if (h->pending != NULL && events_try_answer (m, h, h->pending, h->pending_size))
+        h->pending = NULL;
       if (h->ph != NULL)
         g_ptr_array_add (phs, g_steal_pointer (&h->ph));
     }
@@ -1639,11 +1725,14 @@ invalidation_thread (gpointer data)
       switch (kind)
         {
         case NOTE_PUBLISHED:
+          if (m->test_delay_us != 0)
+            g_usleep (m->test_delay_us);
           invalidate_published (m, note);
           g_mutex_lock (&m->barrier_lock);
           m->published_done++;
           g_cond_broadcast (&m->barrier_cond);
           g_mutex_unlock (&m->barrier_lock);
+          release_held_events (m);
           break;
         case NOTE_STATUS:    wake_status_pollers (m); break;
         case NOTE_EVENT:     wake_event_readers (m); break;
@@ -1814,6 +1903,14 @@ fs_mount_new (const FsConfig *config, char **fuse_argv, const char *mountpoint, 
   m->open_generations = g_hash_table_new_full (g_int64_hash, g_int64_equal, g_free, g_free);
   m->live_handles = g_hash_table_new (g_direct_hash, g_direct_equal);
   m->notes = g_async_queue_new ();
+  /* The test seam (see the top): never set outside the tests. */
+  const char *delay = g_getenv ("ODSF_TEST_INVALIDATION_DELAY_MS");
+  if (delay != NULL && *delay != '\0')
+    {
+      guint64 ms = MIN (g_ascii_strtoull (delay, NULL, 10), TEST_DELAY_MAX_MS);
+      m->test_delay_us = (gulong) (ms * 1000);
+      g_info ("test seam: every publish note is delayed by %" G_GUINT64_FORMAT " ms", ms);
+    }
 
   int argc = (int) g_strv_length (fuse_argv);
   struct fuse_args args = FUSE_ARGS_INIT (argc, fuse_argv);
@@ -1873,6 +1970,9 @@ fs_mount_end_event_streams (FsMount *m, gint64 timeout_us)
   gint64 deadline = g_get_monotonic_time () + timeout_us;
   g_mutex_lock (&m->lock);
   m->events_ending = TRUE;
+  /* Pollers learn of the end from the invalidation thread (it alone notifies the kernel). */
+  if (m->thread != NULL && g_atomic_int_compare_and_exchange (&m->event_note_queued, 0, 1))
+    push_note (m, NOTE_EVENT, 0, 0, NULL);
   for (guint i = 0; i < m->events_handles->len; i++)
     {
       EventsHandle *h = m->events_handles->pdata[i];
@@ -1911,12 +2011,13 @@ fs_mount_detach (FsMount *m)
     }
   g_mutex_lock (&m->lock);
   m->closed = TRUE;
-  /* Blocked readers get end-of-stream; no engine callback reaches the session any more. */
+  /* Blocked readers get the lines still held back (the thread is gone: nothing holds them
+   * any more), else end-of-stream; no engine callback reaches the session any more. */
   for (guint i = 0; i < m->events_handles->len; i++)
     {
       EventsHandle *h = m->events_handles->pdata[i];
-      if (h->pending != NULL)
-        fuse_reply_buf (g_steal_pointer (&h->pending), NULL, 0);
+      if (h->pending != NULL && events_try_answer (m, h, h->pending, h->pending_size))
+        h->pending = NULL;
     }
   m->engine = NULL;
   g_mutex_unlock (&m->lock);

@@ -587,6 +587,15 @@ publish_after (Run *run, PubReq *req, gboolean unverified, GError **error)
   else
     sync_status_file_done (e->status, work->path, outcome_for (work), bytes, unverified);
 
+  /* Old place first (a move or delete), then the new one. The notes go before the event: the
+   * filesystem hands an event line to a reader only once the notes queued before the line
+   * was read are handled (docs/events.md), so this line's own notes must be among them. */
+  if (req->had_before)
+    engine_notify (e, SYNC_NOTIFY_PUBLISHED, req->before.ino, req->before.parent_ino, req->before.name);
+  g_auto (StoreEntry) after = { 0 };
+  if (req->notify && work->action != STORE_ACTION_DELETE && work->ino != 0 && store_getattr (e->store, work->ino, &after, NULL))
+    engine_notify (e, SYNC_NOTIFY_PUBLISHED, after.ino, after.parent_ino, after.name);
+
   if (is_news (work))
     {
       cJSON *f = fields_path (work->path);
@@ -599,13 +608,6 @@ publish_after (Run *run, PubReq *req, gboolean unverified, GError **error)
         cJSON_AddBoolToObject (f, "folder", 1);
       emit (e, "file_published", f);
     }
-
-  /* Old place first (a move or delete), then the new one. */
-  if (req->had_before)
-    engine_notify (e, SYNC_NOTIFY_PUBLISHED, req->before.ino, req->before.parent_ino, req->before.name);
-  g_auto (StoreEntry) after = { 0 };
-  if (req->notify && work->action != STORE_ACTION_DELETE && work->ino != 0 && store_getattr (e->store, work->ino, &after, NULL))
-    engine_notify (e, SYNC_NOTIFY_PUBLISHED, after.ino, after.parent_ino, after.name);
   emit_progress (e, FALSE);
   return TRUE;
 }

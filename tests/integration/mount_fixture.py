@@ -163,6 +163,7 @@ class Mount:
         self.config_home = workdir / "config"
         self.token_file = self.config_home / "onedrive-syncfs" / "default" / "token.json"
         self.options = list(options)
+        self.extra_env = {}    # e.g. a test seam of the daemon, for the next start()
         self.allowed = [re.compile(p) for p in allowed_warnings]
         self.proc = None
         self.log_path = workdir / "daemon.log"
@@ -186,6 +187,7 @@ class Mount:
         env["XDG_CACHE_HOME"] = str(self.workdir / "xdg-cache")
         env["ONEDRIVE_SYNCFS_CONFIG"] = str(self.workdir / "no-config")
         env.pop("G_DEBUG", None)
+        env.update(self.extra_env)
         return env
 
     def start(self, *extra_options, timeout=15.0):

@@ -7,6 +7,7 @@ import os
 import pathlib
 import select
 import shutil
+import signal
 import stat
 import subprocess
 import tempfile
@@ -185,6 +186,93 @@ def test_blocked_events_reader_is_interruptible(drive_dir, fake, mount):
     r = subprocess.run(["timeout", "-s", "INT", "0.5", "cat", mount.sync / "events"], capture_output=True)
     assert r.returncode == 124          # cat blocked until the signal, then ended
     mount.stop()
+
+
+class EventLines:
+    """Whole JSON lines from an open .sync/events fd, however the reads cut them."""
+
+    def __init__(self, fd):
+        self.fd = fd
+        self.buf = b""
+
+    def complete(self):
+        lines = []
+        while b"\n" in self.buf:
+            line, self.buf = self.buf.split(b"\n", 1)
+            lines.append(json.loads(line))
+        return lines
+
+    def read(self, size=65536):
+        """One read(2) (blocking unless poll said readable); b"" at the end of the stream."""
+        chunk = os.read(self.fd, size)
+        self.buf += chunk
+        return chunk
+
+
+def published(lines, path):
+    return [e for e in lines if e["event"] == "file_published" and e["path"] == path]
+
+
+def test_events_never_overtake_invalidations(drive_dir, fake, mount):
+    """A reader that sees "file_published P" and at once looks at P through the mount sees the
+    change, never the kernel's cached entry (60 s timeouts), whether it blocks in read(2) or
+    waits in poll(2). The daemon's test seam delays every publish note of the invalidation
+    thread by 150 ms: without the barrier a reader gets the line that long before the kernel
+    forgets the old dentry and attributes. A clean stop still ends the stream."""
+    (drive_dir / "doc.txt").write_bytes(b"old\n")
+    (drive_dir / "gone.txt").write_bytes(b"going\n")
+    mount.extra_env["ODSF_TEST_INVALIDATION_DELAY_MS"] = "150"
+    mount.start()
+    mount.sync_and_wait()
+    doc, gone = mount.mnt / "doc.txt", mount.mnt / "gone.txt"
+    # Into the kernel's caches: dentries, attributes, pages.
+    assert doc.read_bytes() == b"old\n" and os.stat(doc).st_size == 4 and gone.exists()
+
+    fd = os.open(mount.sync / "events", os.O_RDONLY)
+    try:
+        ev = EventLines(fd)
+        # A blocking reader.
+        new = b"the second, longer content\n"
+        fake.modify("/doc.txt", new)
+        fake.delete("/gone.txt")
+        mount.start_sync()
+        seen = set()
+        while seen != {"/doc.txt", "/gone.txt"}:
+            assert ev.read(), "events ended early"
+            for e in ev.complete():
+                if e["event"] != "file_published" or e["path"] in seen:
+                    continue
+                if e["path"] == "/doc.txt":
+                    assert os.stat(doc).st_size == len(new), "stale attributes after the event"
+                    assert doc.read_bytes() == new
+                elif e["path"] == "/gone.txt":
+                    assert not gone.exists(), "a deleted file still visible after its event"
+                seen.add(e["path"])
+        mount.wait_status(lambda s: s["state"] in TERMINAL, 60, "the run to finish")
+
+        # A reader that waits in poll(2) and reads only what poll says is there.
+        newer = b"third version, longer again\n"
+        fake.modify("/doc.txt", newer)
+        mount.start_sync()
+        p = select.poll()
+        p.register(fd, select.POLLIN)
+        found = False
+        while not found:
+            assert p.poll(30000), "poll timed out"
+            assert ev.read(), "events ended early"
+            for e in published(ev.complete(), "/doc.txt"):
+                assert os.stat(doc).st_size == len(newer), "stale attributes after the event"
+                assert doc.read_bytes() == newer
+                found = True
+        mount.wait_status(lambda s: s["state"] in TERMINAL, 60, "the run to finish")
+
+        # A clean stop: the rest of the stream, then end-of-file.
+        mount.signal(signal.SIGTERM)
+        while ev.read():
+            pass
+        mount.wait_exit(30, expect=0)
+    finally:
+        os.close(fd)
 
 
 def test_changes_feed(drive_dir, fake, mount):

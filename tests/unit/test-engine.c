@@ -1484,6 +1484,94 @@ test_crash_leftovers_collected (Env *env, gconstpointer data)
   g_assert_cmpuint (env_cache_objects (env), ==, 3);
 }
 
+/* What the filesystem's event barrier relies on (docs/events.md): a change's publish notes
+ * come before its file_published line is in the ring, so the notes the filesystem counts
+ * after taking a line include that line's own. Each PUBLISHED note records the ring's head. */
+typedef struct {
+  Env       *env;
+  GMutex     lock;
+  GPtrArray *names;   /* char*, protected by lock */
+  GArray    *heads;   /* guint64: sync_engine_events_head() when the note came */
+} NoteLog;
+
+static void
+log_notify (SyncNotifyKind kind, guint64 ino, guint64 parent_ino, const char *name, gpointer user_data)
+{
+  NoteLog *log = user_data;
+  if (kind == SYNC_NOTIFY_PUBLISHED && name != NULL)
+    {
+      guint64 head = sync_engine_events_head (log->env->engine);
+      g_mutex_lock (&log->lock);
+      g_ptr_array_add (log->names, g_strdup (name));
+      g_array_append_val (log->heads, head);
+      g_mutex_unlock (&log->lock);
+    }
+  g_mutex_lock (&log->env->lock);   /* as the environment's own callback */
+  log->env->notifications++;
+  g_cond_broadcast (&log->env->cond);
+  g_mutex_unlock (&log->env->lock);
+}
+
+/* Runs a sync and checks every PUBLISHED note of a name that has a file_published event in
+ * the run came while that event was not yet in the ring. Returns the events checked. */
+static guint
+sync_checking_note_order (Env *env, NoteLog *log)
+{
+  g_mutex_lock (&log->lock);
+  g_ptr_array_set_size (log->names, 0);
+  g_array_set_size (log->heads, 0);
+  g_mutex_unlock (&log->lock);
+  guint64 cursor = sync_engine_events_head (env->engine);
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed");
+  g_autoptr (GString) out = g_string_new (NULL);
+  sync_engine_events_read (env->engine, &cursor, out, 1 << 20);
+  g_auto (GStrv) lines = g_strsplit (out->str, "\n", -1);
+  guint checked = 0;
+  for (guint i = 0; lines[i] && *lines[i]; i++)
+    {
+      g_autoptr (cJSON) ev = cJSON_Parse (lines[i]);
+      g_assert_nonnull (ev);
+      if (g_strcmp0 (cJSON_GetObjectItem (ev, "event")->valuestring, "file_published") != 0)
+        continue;
+      guint64 seq = (guint64) cJSON_GetObjectItem (ev, "seq")->valuedouble;
+      g_autofree char *base = g_path_get_basename (cJSON_GetObjectItem (ev, "path")->valuestring);
+      guint notes = 0;
+      g_mutex_lock (&log->lock);
+      for (guint n = 0; n < log->names->len; n++)
+        if (g_str_equal (log->names->pdata[n], base))
+          {
+            g_assert_cmpuint (g_array_index (log->heads, guint64, n), <=, seq);
+            notes++;
+          }
+      g_mutex_unlock (&log->lock);
+      g_assert_cmpuint (notes, >, 0);
+      checked++;
+    }
+  return checked;
+}
+
+static void
+test_publish_notes_before_event (Env *env, gconstpointer data)
+{
+  env_add_file (env, "/Docs/a.txt", "first");
+  env_add_file (env, "/Docs/sub/b.txt", "going");
+  env_engine (env, NULL);
+  NoteLog log = { .env = env, .names = g_ptr_array_new_with_free_func (g_free),
+                  .heads = g_array_new (FALSE, FALSE, sizeof (guint64)) };
+  g_mutex_init (&log.lock);
+  sync_engine_set_notify (env->engine, log_notify, &log);
+
+  g_assert_cmpuint (sync_checking_note_order (env, &log), ==, 2);   /* added, added */
+  env_itemop (env, "modify", "{\"path\":\"/Docs/a.txt\",\"content\":\"second, longer\"}");
+  env_itemop (env, "delete", "{\"path\":\"/Docs/sub/b.txt\"}");
+  g_assert_cmpuint (sync_checking_note_order (env, &log), ==, 2);   /* updated, deleted */
+
+  sync_engine_set_notify (env->engine, NULL, NULL);
+  g_mutex_clear (&log.lock);
+  g_ptr_array_unref (log.names);
+  g_array_unref (log.heads);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -1522,5 +1610,6 @@ main (int argc, char **argv)
   env_add ("/engine/syncfs-before-publish", test_syncfs_before_publish);
   env_add ("/engine/unconfigured-source-forgotten", test_unconfigured_source_forgotten);
   env_add ("/engine/failed-full-start-reconciles-later", test_failed_full_start_reconciles_later);
+  env_add ("/engine/publish-notes-before-event", test_publish_notes_before_event);
   return g_test_run ();
 }
