@@ -126,15 +126,23 @@ store_stage_add (Store *store, gint64 source_id, GPtrArray *graph_items, GError 
 
 /* ---- commit ---------------------------------------------------------------------------- */
 
+/* A commit statement, its ?1 (when it has one) bound to the source. */
+static StoreStmt *
+source_stmt (StoreConn *w, const char *sql, gint64 source_id, GError **error)
+{
+  StoreStmt *st = store_conn_stmt (w, sql, error);
+  if (st != NULL && sqlite3_bind_parameter_count (st) >= 1)
+    sqlite3_bind_int64 (st, 1, source_id);
+  return st;
+}
+
 static gboolean
 run_sql (StoreConn *w, const char *sql, gint64 source_id, const char *what, int *changes,
          GError **error)
 {
-  g_autoptr (StoreStmt) st = store_conn_stmt (w, sql, error);
+  g_autoptr (StoreStmt) st = source_stmt (w, sql, source_id, error);
   if (st == NULL)
     return FALSE;
-  if (sqlite3_bind_parameter_count (st) >= 1)
-    sqlite3_bind_int64 (st, 1, source_id);
   gint64 t0 = g_get_monotonic_time ();
   if (!store_stmt_run (w, st, what, error))
     return FALSE;
@@ -146,6 +154,24 @@ run_sql (StoreConn *w, const char *sql, gint64 source_id, const char *what, int 
 
 #define STEP(sql, what) \
   G_STMT_START { if (!run_sql (w, sql, source_id, what, NULL, error)) return FALSE; } G_STMT_END
+
+/* A one-row, one-column query; ?1, when the query has it, is @source_id. */
+static gboolean
+query_int (StoreConn *w, const char *sql, gint64 source_id, const char *what, gint64 *out,
+           GError **error)
+{
+  g_autoptr (StoreStmt) st = source_stmt (w, sql, source_id, error);
+  if (st == NULL)
+    return FALSE;
+  int rc = sqlite3_step (st);
+  if (rc != SQLITE_ROW)
+    {
+      store_set_sqlite_error (error, w, rc, what);
+      return FALSE;
+    }
+  *out = sqlite3_column_int64 (st, 0);
+  return TRUE;
+}
 
 typedef struct {
   gint64 ino;
@@ -247,13 +273,9 @@ commit_locked (Store *store, gint64 source_id, const char *delta_link, gboolean 
    * showed the real "A") takes that directory over, so the mount does not show two "A"s. */
   {
     gint64 synthetic = 0;
-    g_autoptr (StoreStmt) st = store_conn_stmt (w,
-        "SELECT EXISTS (SELECT 1 FROM items WHERE item_id IS NULL AND ino <> 1)", error);
-    if (st == NULL)
+    if (!query_int (w, "SELECT EXISTS (SELECT 1 FROM items WHERE item_id IS NULL AND ino <> 1)",
+                    source_id, "synthetic folders", &synthetic, error))
       return FALSE;
-    if (sqlite3_step (st) == SQLITE_ROW)
-      synthetic = sqlite3_column_int64 (st, 0);
-    sqlite3_reset (st);
     for (int round = 0; synthetic && round < MAX_DEPTH; round++)
       {
         int changes = 0;
@@ -278,16 +300,10 @@ commit_locked (Store *store, gint64 source_id, const char *delta_link, gboolean 
   }
   /* New inodes start above every number ever handed out (AUTOINCREMENT's high-water mark). */
   gint64 base = 0;
-  {
-    g_autoptr (StoreStmt) st = store_conn_stmt (w,
-        "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'items'), 0),"
-        "  coalesce((SELECT max(ino) FROM items), 0))", error);
-    if (st == NULL)
-      return FALSE;
-    if (sqlite3_step (st) == SQLITE_ROW)
-      base = sqlite3_column_int64 (st, 0);
-    sqlite3_reset (st);
-  }
+  if (!query_int (w, "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'items'), 0),"
+                     "  coalesce((SELECT max(ino) FROM items), 0))",
+                  source_id, "inode high-water mark", &base, error))
+    return FALSE;
 
   /* 2. The mount parent, from the parentReference.id chain: a folder of the set (new or
    *    known), else a known item. The set's folders go into a small table first: a set is
@@ -411,12 +427,9 @@ commit_locked (Store *store, gint64 source_id, const char *delta_link, gboolean 
   /* Exclusions: new items below an excluded folder are recorded as excluded, not queued. */
   {
     gint64 excluded = 0;
-    g_autoptr (StoreStmt) st = store_conn_stmt (w, "SELECT EXISTS (SELECT 1 FROM items WHERE state = 2)", error);
-    if (st == NULL)
+    if (!query_int (w, "SELECT EXISTS (SELECT 1 FROM items WHERE state = 2)", source_id, "exclusions",
+                    &excluded, error))
       return FALSE;
-    if (sqlite3_step (st) == SQLITE_ROW)
-      excluded = sqlite3_column_int64 (st, 0);
-    sqlite3_reset (st);
     for (int round = 0; excluded && round < MAX_DEPTH; round++)
       {
         int changes = 0;
@@ -457,7 +470,7 @@ commit_locked (Store *store, gint64 source_id, const char *delta_link, gboolean 
                 source_id, "reconcile", &leftovers, error))
     return FALSE;
   doomed += leftovers;
-  guint deletes = 0;
+  gint64 deletes = 0;
   if (doomed > 0)
     {
       STEP ("INSERT OR REPLACE INTO temp.doomed (ino, depth)"
@@ -474,16 +487,10 @@ commit_locked (Store *store, gint64 source_id, const char *delta_link, gboolean 
             " WHERE i.anchored = 0 AND i.state NOT IN (2, 4)"
             " AND NOT EXISTS (SELECT 1 FROM work w WHERE w.ino = d.ino AND w.action = 3)"
             " ORDER BY d.depth DESC, d.ino", "queue deletes");
-      {
-        g_autoptr (StoreStmt) st = store_conn_stmt (w,
-            "SELECT count(*) FROM temp.doomed d JOIN items i ON i.ino = d.ino"
-            " WHERE i.anchored = 0 AND i.state NOT IN (2, 4)", error);
-        if (st == NULL)
-          return FALSE;
-        if (sqlite3_step (st) == SQLITE_ROW)
-          deletes = sqlite3_column_int (st, 0);
-        sqlite3_reset (st);
-      }
+      if (!query_int (w, "SELECT count(*) FROM temp.doomed d JOIN items i ON i.ino = d.ino"
+                         " WHERE i.anchored = 0 AND i.state NOT IN (2, 4)",
+                      source_id, "deletes", &deletes, error))
+        return FALSE;
       /* An excluded or filtered item that is gone remotely has nothing on disk and nothing in
        * the mount: forget it now. */
       STEP ("DELETE FROM items WHERE ino IN (SELECT ino FROM temp.doomed) AND state IN (2, 4)"
@@ -511,7 +518,7 @@ commit_locked (Store *store, gint64 source_id, const char *delta_link, gboolean 
   if (stats)
     {
       memset (stats, 0, sizeof *stats);
-      stats->queued_deletes = deletes;
+      stats->queued_deletes = (guint) deletes;
       g_autoptr (StoreStmt) st = store_conn_stmt (w,
           "SELECT action, count(*) FROM staged WHERE +source_id = ?1"
           " AND (ino IS NULL OR ino NOT IN (SELECT ino FROM temp.doomed)) GROUP BY action", error);
@@ -549,14 +556,9 @@ commit_locked (Store *store, gint64 source_id, const char *delta_link, gboolean 
   /* Usually the only staged set: then an unqualified DELETE truncates the table at once. */
   {
     gint64 others = 0;
-    g_autoptr (StoreStmt) st = store_conn_stmt (w,
-        "SELECT EXISTS (SELECT 1 FROM staged WHERE source_id <> ?1)", error);
-    if (st == NULL)
+    if (!query_int (w, "SELECT EXISTS (SELECT 1 FROM staged WHERE source_id <> ?1)", source_id,
+                    "other staged sets", &others, error))
       return FALSE;
-    sqlite3_bind_int64 (st, 1, source_id);
-    if (sqlite3_step (st) == SQLITE_ROW)
-      others = sqlite3_column_int64 (st, 0);
-    sqlite3_reset (st);
     if (others)
       STEP ("DELETE FROM staged WHERE +source_id = ?1", "clear staging");
     else if (!store_conn_exec (w, "DELETE FROM staged", error))
