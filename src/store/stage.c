@@ -399,15 +399,31 @@ commit_locked (Store *store, gint64 source_id, const char *delta_link, gboolean 
 
   /* The latest remote state becomes the target; configured folders keep their place.
    * Content columns and position columns are written separately: naming an indexed column
-   * in SET rewrites its index entry, and most re-reported items do not move. */
+   * in SET rewrites its index entry, and most re-reported items do not move. A row that
+   * would not change is not written at all: a full resync re-reports every item, mostly
+   * unchanged, and rewriting them all was most of its cost. */
   if (matched > 0)
     {
+      /* With it, in the same pass: an unchanged item's mtime and tags, when nothing is queued
+       * for it (same bytes, same place: no bytes involved, so no work). */
       STEP ("UPDATE items SET source_id = ?1,"
             " r_size = max(s.size, 0), r_mtime = s.mtime, r_etag = s.etag, r_ctag = s.ctag,"
             " r_qxh = s.qxh,"
-            " r_name_problem = CASE WHEN items.anchored THEN NULL ELSE s.name_problem END"
+            " r_name_problem = CASE WHEN items.anchored THEN NULL ELSE s.name_problem END,"
+            " mtime = CASE WHEN s.action IS NULL AND items.state = 1 AND items.anchored = 0"
+            "  THEN s.mtime ELSE items.mtime END,"
+            " etag = CASE WHEN s.action IS NULL AND items.state = 1 AND items.anchored = 0"
+            "  THEN s.etag ELSE items.etag END,"
+            " ctag = CASE WHEN s.action IS NULL AND items.state = 1 AND items.anchored = 0"
+            "  THEN s.ctag ELSE items.ctag END"
             " FROM staged s WHERE +s.source_id = ?1 AND s.deleted = 0 AND NOT s.is_new"
-            " AND items.ino = s.ino", "targets");
+            " AND items.ino = s.ino AND (items.source_id IS NOT ?1 OR items.r_size IS NOT max(s.size, 0)"
+            "  OR items.r_mtime IS NOT s.mtime OR items.r_etag IS NOT s.etag OR items.r_ctag IS NOT s.ctag"
+            "  OR items.r_qxh IS NOT s.qxh OR items.r_name_problem IS NOT"
+            "   CASE WHEN items.anchored THEN NULL ELSE s.name_problem END"
+            "  OR (s.action IS NULL AND items.state = 1 AND items.anchored = 0"
+            "   AND (items.mtime IS NOT s.mtime OR items.etag IS NOT s.etag OR items.ctag IS NOT s.ctag)))",
+            "targets");
       STEP ("UPDATE items SET parent_id = s.parent_id, t_parent_ino = s.t_parent_ino,"
             " t_name = coalesce(s.name, ''),"
             " parent_ino = CASE WHEN items.state = 1 THEN items.parent_ino ELSE s.t_parent_ino END,"
@@ -418,10 +434,6 @@ commit_locked (Store *store, gint64 source_id, const char *delta_link, gboolean 
             "  OR items.parent_id IS NOT s.parent_id"
             "  OR (items.state <> 1 AND (items.parent_ino IS NOT s.t_parent_ino"
             "      OR items.name IS NOT coalesce(s.name, ''))))", "moves");
-      /* Same bytes, same place: only mtime / tags to refresh; no bytes involved, so no work. */
-      STEP ("UPDATE items SET mtime = r_mtime, etag = r_etag, ctag = r_ctag FROM staged s"
-            " WHERE +s.source_id = ?1 AND s.ino = items.ino AND s.action IS NULL AND s.deleted = 0"
-            " AND items.state = 1 AND items.anchored = 0", "refresh");
     }
 
   /* Exclusions: new items below an excluded folder are recorded as excluded, not queued. */
@@ -448,7 +460,10 @@ commit_locked (Store *store, gint64 source_id, const char *delta_link, gboolean 
   }
 
   /* Work that no longer applies (the item is back to what the mount shows). */
-  if (matched > 0)
+  gint64 queued = 0;
+  if (matched > 0 && !query_int (w, "SELECT EXISTS (SELECT 1 FROM work)", source_id, "queue", &queued, error))
+    return FALSE;
+  if (queued)
     {
       STEP ("DELETE FROM work WHERE ino IN (SELECT ino FROM staged WHERE +source_id = ?1"
             " AND ino IS NOT NULL AND action IS NULL)", "obsolete work");
