@@ -126,15 +126,23 @@ store_stage_add (Store *store, gint64 source_id, GPtrArray *graph_items, GError 
 
 /* ---- commit ---------------------------------------------------------------------------- */
 
+/* A commit statement, its ?1 (when it has one) bound to the source. */
+static StoreStmt *
+source_stmt (StoreConn *w, const char *sql, gint64 source_id, GError **error)
+{
+  StoreStmt *st = store_conn_stmt (w, sql, error);
+  if (st != NULL && sqlite3_bind_parameter_count (st) >= 1)
+    sqlite3_bind_int64 (st, 1, source_id);
+  return st;
+}
+
 static gboolean
 run_sql (StoreConn *w, const char *sql, gint64 source_id, const char *what, int *changes,
          GError **error)
 {
-  g_autoptr (StoreStmt) st = store_conn_stmt (w, sql, error);
+  g_autoptr (StoreStmt) st = source_stmt (w, sql, source_id, error);
   if (st == NULL)
     return FALSE;
-  if (sqlite3_bind_parameter_count (st) >= 1)
-    sqlite3_bind_int64 (st, 1, source_id);
   gint64 t0 = g_get_monotonic_time ();
   if (!store_stmt_run (w, st, what, error))
     return FALSE;
@@ -146,6 +154,24 @@ run_sql (StoreConn *w, const char *sql, gint64 source_id, const char *what, int 
 
 #define STEP(sql, what) \
   G_STMT_START { if (!run_sql (w, sql, source_id, what, NULL, error)) return FALSE; } G_STMT_END
+
+/* A one-row, one-column query; ?1, when the query has it, is @source_id. */
+static gboolean
+query_int (StoreConn *w, const char *sql, gint64 source_id, const char *what, gint64 *out,
+           GError **error)
+{
+  g_autoptr (StoreStmt) st = source_stmt (w, sql, source_id, error);
+  if (st == NULL)
+    return FALSE;
+  int rc = sqlite3_step (st);
+  if (rc != SQLITE_ROW)
+    {
+      store_set_sqlite_error (error, w, rc, what);
+      return FALSE;
+    }
+  *out = sqlite3_column_int64 (st, 0);
+  return TRUE;
+}
 
 typedef struct {
   gint64 ino;
@@ -247,13 +273,9 @@ commit_locked (Store *store, gint64 source_id, const char *delta_link, gboolean 
    * showed the real "A") takes that directory over, so the mount does not show two "A"s. */
   {
     gint64 synthetic = 0;
-    g_autoptr (StoreStmt) st = store_conn_stmt (w,
-        "SELECT EXISTS (SELECT 1 FROM items WHERE item_id IS NULL AND ino <> 1)", error);
-    if (st == NULL)
+    if (!query_int (w, "SELECT EXISTS (SELECT 1 FROM items WHERE item_id IS NULL AND ino <> 1)",
+                    source_id, "synthetic folders", &synthetic, error))
       return FALSE;
-    if (sqlite3_step (st) == SQLITE_ROW)
-      synthetic = sqlite3_column_int64 (st, 0);
-    sqlite3_reset (st);
     for (int round = 0; synthetic && round < MAX_DEPTH; round++)
       {
         int changes = 0;
@@ -278,16 +300,10 @@ commit_locked (Store *store, gint64 source_id, const char *delta_link, gboolean 
   }
   /* New inodes start above every number ever handed out (AUTOINCREMENT's high-water mark). */
   gint64 base = 0;
-  {
-    g_autoptr (StoreStmt) st = store_conn_stmt (w,
-        "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'items'), 0),"
-        "  coalesce((SELECT max(ino) FROM items), 0))", error);
-    if (st == NULL)
-      return FALSE;
-    if (sqlite3_step (st) == SQLITE_ROW)
-      base = sqlite3_column_int64 (st, 0);
-    sqlite3_reset (st);
-  }
+  if (!query_int (w, "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'items'), 0),"
+                     "  coalesce((SELECT max(ino) FROM items), 0))",
+                  source_id, "inode high-water mark", &base, error))
+    return FALSE;
 
   /* 2. The mount parent, from the parentReference.id chain: a folder of the set (new or
    *    known), else a known item. The set's folders go into a small table first: a set is
@@ -383,15 +399,31 @@ commit_locked (Store *store, gint64 source_id, const char *delta_link, gboolean 
 
   /* The latest remote state becomes the target; configured folders keep their place.
    * Content columns and position columns are written separately: naming an indexed column
-   * in SET rewrites its index entry, and most re-reported items do not move. */
+   * in SET rewrites its index entry, and most re-reported items do not move. A row that
+   * would not change is not written at all: a full resync re-reports every item, mostly
+   * unchanged, and rewriting them all was most of its cost. */
   if (matched > 0)
     {
+      /* With it, in the same pass: an unchanged item's mtime and tags, when nothing is queued
+       * for it (same bytes, same place: no bytes involved, so no work). */
       STEP ("UPDATE items SET source_id = ?1,"
             " r_size = max(s.size, 0), r_mtime = s.mtime, r_etag = s.etag, r_ctag = s.ctag,"
             " r_qxh = s.qxh,"
-            " r_name_problem = CASE WHEN items.anchored THEN NULL ELSE s.name_problem END"
+            " r_name_problem = CASE WHEN items.anchored THEN NULL ELSE s.name_problem END,"
+            " mtime = CASE WHEN s.action IS NULL AND items.state = 1 AND items.anchored = 0"
+            "  THEN s.mtime ELSE items.mtime END,"
+            " etag = CASE WHEN s.action IS NULL AND items.state = 1 AND items.anchored = 0"
+            "  THEN s.etag ELSE items.etag END,"
+            " ctag = CASE WHEN s.action IS NULL AND items.state = 1 AND items.anchored = 0"
+            "  THEN s.ctag ELSE items.ctag END"
             " FROM staged s WHERE +s.source_id = ?1 AND s.deleted = 0 AND NOT s.is_new"
-            " AND items.ino = s.ino", "targets");
+            " AND items.ino = s.ino AND (items.source_id IS NOT ?1 OR items.r_size IS NOT max(s.size, 0)"
+            "  OR items.r_mtime IS NOT s.mtime OR items.r_etag IS NOT s.etag OR items.r_ctag IS NOT s.ctag"
+            "  OR items.r_qxh IS NOT s.qxh OR items.r_name_problem IS NOT"
+            "   CASE WHEN items.anchored THEN NULL ELSE s.name_problem END"
+            "  OR (s.action IS NULL AND items.state = 1 AND items.anchored = 0"
+            "   AND (items.mtime IS NOT s.mtime OR items.etag IS NOT s.etag OR items.ctag IS NOT s.ctag)))",
+            "targets");
       STEP ("UPDATE items SET parent_id = s.parent_id, t_parent_ino = s.t_parent_ino,"
             " t_name = coalesce(s.name, ''),"
             " parent_ino = CASE WHEN items.state = 1 THEN items.parent_ino ELSE s.t_parent_ino END,"
@@ -402,21 +434,14 @@ commit_locked (Store *store, gint64 source_id, const char *delta_link, gboolean 
             "  OR items.parent_id IS NOT s.parent_id"
             "  OR (items.state <> 1 AND (items.parent_ino IS NOT s.t_parent_ino"
             "      OR items.name IS NOT coalesce(s.name, ''))))", "moves");
-      /* Same bytes, same place: only mtime / tags to refresh; no bytes involved, so no work. */
-      STEP ("UPDATE items SET mtime = r_mtime, etag = r_etag, ctag = r_ctag FROM staged s"
-            " WHERE +s.source_id = ?1 AND s.ino = items.ino AND s.action IS NULL AND s.deleted = 0"
-            " AND items.state = 1 AND items.anchored = 0", "refresh");
     }
 
   /* Exclusions: new items below an excluded folder are recorded as excluded, not queued. */
   {
     gint64 excluded = 0;
-    g_autoptr (StoreStmt) st = store_conn_stmt (w, "SELECT EXISTS (SELECT 1 FROM items WHERE state = 2)", error);
-    if (st == NULL)
+    if (!query_int (w, "SELECT EXISTS (SELECT 1 FROM items WHERE state = 2)", source_id, "exclusions",
+                    &excluded, error))
       return FALSE;
-    if (sqlite3_step (st) == SQLITE_ROW)
-      excluded = sqlite3_column_int64 (st, 0);
-    sqlite3_reset (st);
     for (int round = 0; excluded && round < MAX_DEPTH; round++)
       {
         int changes = 0;
@@ -435,7 +460,10 @@ commit_locked (Store *store, gint64 source_id, const char *delta_link, gboolean 
   }
 
   /* Work that no longer applies (the item is back to what the mount shows). */
-  if (matched > 0)
+  gint64 queued = 0;
+  if (matched > 0 && !query_int (w, "SELECT EXISTS (SELECT 1 FROM work)", source_id, "queue", &queued, error))
+    return FALSE;
+  if (queued)
     {
       STEP ("DELETE FROM work WHERE ino IN (SELECT ino FROM staged WHERE +source_id = ?1"
             " AND ino IS NOT NULL AND action IS NULL)", "obsolete work");
@@ -457,7 +485,7 @@ commit_locked (Store *store, gint64 source_id, const char *delta_link, gboolean 
                 source_id, "reconcile", &leftovers, error))
     return FALSE;
   doomed += leftovers;
-  guint deletes = 0;
+  gint64 deletes = 0;
   if (doomed > 0)
     {
       STEP ("INSERT OR REPLACE INTO temp.doomed (ino, depth)"
@@ -474,16 +502,10 @@ commit_locked (Store *store, gint64 source_id, const char *delta_link, gboolean 
             " WHERE i.anchored = 0 AND i.state NOT IN (2, 4)"
             " AND NOT EXISTS (SELECT 1 FROM work w WHERE w.ino = d.ino AND w.action = 3)"
             " ORDER BY d.depth DESC, d.ino", "queue deletes");
-      {
-        g_autoptr (StoreStmt) st = store_conn_stmt (w,
-            "SELECT count(*) FROM temp.doomed d JOIN items i ON i.ino = d.ino"
-            " WHERE i.anchored = 0 AND i.state NOT IN (2, 4)", error);
-        if (st == NULL)
-          return FALSE;
-        if (sqlite3_step (st) == SQLITE_ROW)
-          deletes = sqlite3_column_int (st, 0);
-        sqlite3_reset (st);
-      }
+      if (!query_int (w, "SELECT count(*) FROM temp.doomed d JOIN items i ON i.ino = d.ino"
+                         " WHERE i.anchored = 0 AND i.state NOT IN (2, 4)",
+                      source_id, "deletes", &deletes, error))
+        return FALSE;
       /* An excluded or filtered item that is gone remotely has nothing on disk and nothing in
        * the mount: forget it now. */
       STEP ("DELETE FROM items WHERE ino IN (SELECT ino FROM temp.doomed) AND state IN (2, 4)"
@@ -511,7 +533,7 @@ commit_locked (Store *store, gint64 source_id, const char *delta_link, gboolean 
   if (stats)
     {
       memset (stats, 0, sizeof *stats);
-      stats->queued_deletes = deletes;
+      stats->queued_deletes = (guint) deletes;
       g_autoptr (StoreStmt) st = store_conn_stmt (w,
           "SELECT action, count(*) FROM staged WHERE +source_id = ?1"
           " AND (ino IS NULL OR ino NOT IN (SELECT ino FROM temp.doomed)) GROUP BY action", error);
@@ -549,14 +571,9 @@ commit_locked (Store *store, gint64 source_id, const char *delta_link, gboolean 
   /* Usually the only staged set: then an unqualified DELETE truncates the table at once. */
   {
     gint64 others = 0;
-    g_autoptr (StoreStmt) st = store_conn_stmt (w,
-        "SELECT EXISTS (SELECT 1 FROM staged WHERE source_id <> ?1)", error);
-    if (st == NULL)
+    if (!query_int (w, "SELECT EXISTS (SELECT 1 FROM staged WHERE source_id <> ?1)", source_id,
+                    "other staged sets", &others, error))
       return FALSE;
-    sqlite3_bind_int64 (st, 1, source_id);
-    if (sqlite3_step (st) == SQLITE_ROW)
-      others = sqlite3_column_int64 (st, 0);
-    sqlite3_reset (st);
     if (others)
       STEP ("DELETE FROM staged WHERE +source_id = ?1", "clear staging");
     else if (!store_conn_exec (w, "DELETE FROM staged", error))

@@ -294,6 +294,24 @@ test_update_move_unchanged (Fixture *f, gconstpointer data)
   guint count = 9;
   g_assert_true (store_work_count (f->store, &count, NULL));
   g_assert_cmpuint (count, ==, 0);
+
+  /* Same bytes with a new mtime (a touch): shown at once, no work; the other item is left as
+   * it was. */
+  GPtrArray *touched = items_new ();
+  GraphItem *tb = mk_file ("b", "F", "renamed.txt", "hb1");
+  tb->mtime = moved.mtime + 3600;
+  g_ptr_array_add (touched, tb);
+  g_ptr_array_add (touched, mk_file ("a", "F", "a.txt", "ha2"));
+  StoreCommitStats st3 = commit_set (f, sid, touched, "link-4", FALSE);
+  g_assert_cmpuint (st3.unchanged, ==, 2);
+  g_assert_true (store_work_count (f->store, &count, NULL));
+  g_assert_cmpuint (count, ==, 0);
+  g_auto (StoreEntry) touched_b = { 0 }, same_a = { 0 };
+  g_assert_true (store_getattr (f->store, ino_b, &touched_b, NULL));
+  g_assert_cmpint (touched_b.mtime, ==, moved.mtime + 3600);
+  g_assert_cmpstr (touched_b.cache_object, ==, "obj-b-hb1");
+  g_assert_true (store_getattr (f->store, ino_a, &same_a, NULL));
+  g_assert_cmpint (same_a.mtime, ==, after.mtime);
 }
 
 static void
