@@ -112,6 +112,28 @@ def test_unit_points_at_installed_daemon(installed):
     ("onedrive-syncfs", "onedrive-syncfs -o workers=2,cache", {"workers=2,cache_dir="}),
 ])
 def test_bash_completion(installed, cmd, line, want):
+    assert complete(installed, cmd, line) == want
+
+
+def test_bash_completion_profiles_from_the_config_login_reads(installed, tmp_path):
+    # The same file as the daemon and login: ONEDRIVE_SYNCFS_CONFIG over the XDG one, and
+    # login's --config over both.
+    xdg = tmp_path / "xdg"
+    (xdg / "onedrive-syncfs").mkdir(parents=True)
+    (xdg / "onedrive-syncfs" / "config").write_text("[from-xdg]\n")
+    (tmp_path / "env.conf").write_text("[work]\nclient_id=a\n[home]\n")
+    (tmp_path / "flag.conf").write_text("[flagged]\n")
+    env = dict(os.environ, XDG_CONFIG_HOME=str(xdg), ONEDRIVE_SYNCFS_CONFIG=str(tmp_path / "env.conf"))
+    assert complete(installed, "onedrive-syncctl", "onedrive-syncctl login --profile ", env) == {"work", "home"}
+    assert complete(installed, "onedrive-syncfs", "onedrive-syncfs -o profile=", env) == {"profile=work", "profile=home"}
+    assert complete(installed, "onedrive-syncctl",
+                    f"onedrive-syncctl login --config {tmp_path / 'flag.conf'} -p ", env) == {"flagged"}
+    del env["ONEDRIVE_SYNCFS_CONFIG"]
+    assert complete(installed, "onedrive-syncctl", "onedrive-syncctl login --profile ", env) == {"from-xdg"}
+
+
+def complete(installed, cmd, line, env=None):
+    """What bash completion offers for @line (the cursor at its end)."""
     dest, root, opts = installed
     bash = shutil.which("bash")
     if not bash:
@@ -128,10 +150,9 @@ _{cmd.replace('-', '_')}
 printf '%s\\n' "${{COMPREPLY[@]}}"
 """
     r = subprocess.run([bash, "--norc", "--noprofile", "-c", prog], capture_output=True, text=True,
-                       cwd=dest)
+                       cwd=dest, env=env)
     assert r.returncode == 0, r.stderr
-    got = set(r.stdout.split())
-    assert got == want, (got, r.stderr)
+    return set(r.stdout.split())
 
 
 # ---- the option table against the man page and --help, so neither can drift ----------------
