@@ -45,9 +45,9 @@
  * overtakes the invalidations (docs/events.md).
  *
  * Lock order: mount->lock, then barrier_lock or the engine's locks (sync_engine_events_read),
- * then libfuse's internal locks (fuse_reply_* while holding mount->lock is fine). The interrupt callback runs
- * with libfuse's req->lock held and takes mount->lock, so fuse_req_interrupt_func() is never
- * called while mount->lock is held.
+ * then libfuse's internal locks (fuse_reply_* while holding mount->lock is fine). The
+ * interrupt callback runs with libfuse's req->lock held and takes mount->lock, so
+ * fuse_req_interrupt_func() is never called while mount->lock is held.
  */
 #define G_LOG_DOMAIN "odsf-fs"
 
