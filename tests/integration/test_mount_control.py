@@ -326,6 +326,31 @@ def test_events_bound_answers_reader_beside_poller(drive_dir, fake, mount):
     mount.wait_exit(30, expect=0)
 
 
+def test_withdrawn_file_gone_at_its_event(drive_dir, fake, mount):
+    """A published file that grows past max_file_size is withdrawn from the mount: once its
+    file_filtered line is read, a stat through the mount fails at once, not after the
+    kernel's 60 s entry timeout."""
+    (drive_dir / "grows.txt").write_bytes(b"small\n")
+    mount.options += ["max_file_size=16"]
+    mount.start()
+    mount.sync_and_wait()
+    grows = mount.mnt / "grows.txt"
+    assert os.stat(grows).st_size == 6   # the dentry and attributes are in the kernel's caches
+    with open(mount.sync / "events", "rb", buffering=0) as f:
+        ev = EventLines(f.fileno())
+        fake.modify("/grows.txt", b"now longer than sixteen bytes\n")
+        mount.start_sync()
+        filtered = False
+        while not filtered:
+            assert ev.read(), "events ended early"
+            filtered = any(e["event"] == "file_filtered" and e["path"] == "/grows.txt"
+                           for e in ev.complete())
+        with pytest.raises(FileNotFoundError):
+            os.stat(grows)
+    assert "grows.txt" not in os.listdir(mount.mnt)
+    mount.stop()
+
+
 def test_changes_feed(drive_dir, fake, mount):
     (drive_dir / "c1.txt").write_bytes(b"one")
     (drive_dir / "c2.txt").write_bytes(b"two!")
