@@ -1188,6 +1188,7 @@ enumerate_source (Run *run, const char *path)
           run_note_source_error (run, path, error->message);
           return FALSE;
         }
+      engine_hook (e, SYNC_HOOK_SET_COMMITTED, path);
       if (root_mode)
         {
           sync_root_delta_forget_left (rd);
@@ -1365,29 +1366,10 @@ clean_tmp (SyncEngine *e)
     }
 }
 
-/* Adds the cache objects of the published tree under @ino to @refs. FALSE on any error. */
-static gboolean
-collect_referenced (Store *store, guint64 ino, GHashTable *refs, guint depth, GError **error)
-{
-  if (depth > 4096)
-    return TRUE;   /* a cycle cannot be published; stop rather than recurse forever */
-  g_autoptr (GPtrArray) entries = store_readdir (store, ino, error);
-  if (!entries)
-    return FALSE;
-  for (guint i = 0; i < entries->len; i++)
-    {
-      StoreEntry *en = entries->pdata[i];
-      if (en->cache_object)
-        g_hash_table_add (refs, g_strdup (en->cache_object));
-      if (en->kind == STORE_KIND_DIR && en->ino != ino && !collect_referenced (store, en->ino, refs, depth + 1, error))
-        return FALSE;
-    }
-  return TRUE;
-}
-
 /* Crash hygiene, at engine start (no run, no worker can be renaming or publishing now):
- *  - an object in objects/ that no published item references is an orphan of a crash between
- *    its rename and the publish commit (or of an unlink that never happened): removed;
+ *  - an object in objects/ that no item holds (in the visible tree or not) is an orphan of a
+ *    crash between its rename and the publish commit (or of an unlink that never happened):
+ *    removed;
  *  - a tmp/ file that no pending download would resume (its name is per id and hash, see
  *    part_name_for) is a leftover of work that is gone or changed: removed.
  * When the store cannot be read completely nothing is removed: an object wrongly taken for an
@@ -1396,7 +1378,6 @@ static void
 collect_orphans (SyncEngine *e)
 {
   g_autoptr (GError) error = NULL;
-  g_autoptr (GHashTable) refs = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
   guint removed_objects = 0, removed_parts = 0, adopted = 0;
   g_autoptr (GHashTable) resumable = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
   g_autoptr (GHashTable) by_sid = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, g_free);
@@ -1423,7 +1404,12 @@ collect_orphans (SyncEngine *e)
           after = MAX (after, w->work_id);
         }
     }
-  if (collect_referenced (e->store, STORE_ROOT_INO, refs, 0, &error))
+  /* Referenced means held by any item, not reachable in the mount: an item whose folder was
+   * deleted before its own move was applied (a cancel between the two publishes) is out of the
+   * tree, and unlinking its object would publish the move without bytes. */
+  g_clear_error (&error);
+  g_autoptr (GHashTable) refs = store_cache_objects (e->store, &error);
+  if (refs != NULL)
     {
       g_autoptr (GDir) d = g_dir_open (e->objects_dir, 0, NULL);
       const char *name;
