@@ -684,7 +684,9 @@ download (Task *t, GError **error)
   g_autofree char *part_name = part_name_for (it);
   g_autofree char *part = g_build_filename (e->tmp_dir, part_name, NULL);
 
-  int fd = open (part, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  /* Without a quickXorHash nothing would check the result, and the part's name cannot tell an
+   * older version's bytes from this one's: such a download always starts over. */
+  int fd = open (part, O_RDWR | O_CREAT | O_CLOEXEC | (it->quickxor_hash ? 0 : O_TRUNC), 0600);
   if (fd < 0)
     {
       int errsv = errno;
@@ -1396,7 +1398,10 @@ collect_orphans (SyncEngine *e)
       for (guint i = 0; i < batch->len; i++)
         {
           const StoreWork *w = batch->pdata[i];
-          if (w->item && (w->action == STORE_ACTION_DOWNLOAD || w->action == STORE_ACTION_UPDATE))
+          /* Only a hash makes a partial download or an adopted object safe to reuse: it is
+           * what download() verifies the whole against. */
+          if (w->item && w->item->quickxor_hash
+              && (w->action == STORE_ACTION_DOWNLOAD || w->action == STORE_ACTION_UPDATE))
             {
               g_hash_table_add (resumable, part_name_for (w->item));
               g_hash_table_insert (by_sid, sanitize_id (w->item->id), part_name_for (w->item));

@@ -1484,6 +1484,33 @@ test_crash_leftovers_collected (Env *env, gconstpointer data)
   g_assert_cmpuint (env_cache_objects (env), ==, 3);
 }
 
+/* A file the service reports without a quickXorHash is downloaded whole every time: a partial
+ * download of it cannot be told from one of an older version (its bytes are checked against
+ * nothing), so resuming one would splice two versions into a file nobody wrote. */
+static void
+test_no_hash_never_resumes (Env *env, gconstpointer data)
+{
+  env_faults (env, "{\"no_hash\":true,\"bandwidth_bps\":32768}");
+  env_add_generated (env, "/Docs/unhashed.bin", 256 * 1024, 5);
+  env_engine (env, &(EnvOptions){ .workers = 1 });
+  g_assert_true (sync_engine_start (env->engine, 0, NULL));
+  wait_bytes_served (env, 1, 16 * 1024);
+  g_assert_true (sync_engine_cancel (env->engine));
+  g_assert_true (sync_engine_wait_idle (env->engine, 30 * G_USEC_PER_SEC));
+  g_assert_cmpuint (count_parts (env), ==, 1);   /* kept: a cancel keeps what it has */
+
+  /* The file changes, same size, still no hash; the next run must not resume the old bytes. */
+  env_itemop (env, "modify", "{\"path\":\"/Docs/unhashed.bin\",\"size\":262144,\"seed\":9}");
+  env_faults (env, "{\"no_hash\":true,\"bandwidth_bps\":0}");
+  env_do (env, "POST", "stats/reset", "{}");
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed");
+  assert_mirror_equals_remote (env);
+  g_autoptr (cJSON) stats = env_admin (env, "GET", "stats", NULL);
+  g_assert_cmpfloat (cJSON_GetObjectItem (stats, "ranged_downloads")->valuedouble, ==, 0);
+  g_assert_cmpfloat (cJSON_GetObjectItem (stats, "full_downloads")->valuedouble, ==, 1);
+  g_assert_cmpuint (count_parts (env), ==, 0);
+}
+
 /* A cancel (or a crash) can fall between two publishes of one set: a folder's delete applied,
  * the move of a file out of it not yet. That file is still published, under a folder that is
  * gone, so it is out of the visible tree until its move applies; its bytes must survive the
@@ -1668,6 +1695,7 @@ main (int argc, char **argv)
   env_add ("/engine/status-counts-files", test_status_counts_files);
   env_add ("/engine/crash-leftovers-collected", test_crash_leftovers_collected);
   env_add ("/engine/orphan-hygiene-keeps-unreachable", test_orphan_hygiene_keeps_unreachable);
+  env_add ("/engine/no-hash-never-resumes", test_no_hash_never_resumes);
   env_add ("/engine/package-and-shortcut", test_package_and_shortcut);
   env_add ("/engine/package-and-shortcut-root-delta", test_package_and_shortcut_root_delta);
   env_add ("/engine/syncfs-before-publish", test_syncfs_before_publish);
