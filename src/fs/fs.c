@@ -40,7 +40,8 @@
  * itself, so holding a line back costs no loop thread. Bounded like the status: lines held
  * longer than EVENTS_BARRIER_US go out at the next read, poll or handled note, and all of
  * them once the thread has stopped (barrier_off; detach answers blocked reads) or the loop
- * has ended. The test seam ODSF_TEST_INVALIDATION_DELAY_MS (read at mount) makes the
+ * has ended. Whichever of these releases a handle's lines also answers the read blocked on
+ * it (events_serve): a poll on the same open file must not take the release for itself. The test seam ODSF_TEST_INVALIDATION_DELAY_MS (read at mount) makes the
  * thread sleep before each publish note, so the integration tests can show a reader never
  * overtakes the invalidations (docs/events.md).
  *
@@ -1391,6 +1392,25 @@ events_try_answer (FsMount *m, EventsHandle *h, fuse_req_t req, size_t size)
   return TRUE;
 }
 
+/* Under m->lock: answers @h's blocked read if it can be answered now, and says whether a
+ * poller would find @h readable. Every path that may release held lines (a handled note, a
+ * poll, the time bound) comes through here, so lines released by a poll (events_released
+ * flips h->released) never leave a read blocked on the same open file. */
+static gboolean
+events_serve (FsMount *m, EventsHandle *h)
+{
+  if (h->pending != NULL && events_try_answer (m, h, h->pending, h->pending_size))
+    h->pending = NULL;
+  gboolean readable = events_readable (m, h);
+  /* The check may itself have released the lines (the bound) or taken new ones. */
+  if (readable && h->pending != NULL && events_try_answer (m, h, h->pending, h->pending_size))
+    {
+      h->pending = NULL;
+      readable = events_readable (m, h);
+    }
+  return readable;
+}
+
 static void
 read_events (fuse_req_t req, FsMount *m, EventsHandle *h, size_t size)
 {
@@ -1546,7 +1566,7 @@ fs_poll (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi, struct fuse_
     {
       /* Lines held back are not readable yet: a read would block. */
       EventsHandle *h = (EventsHandle *) (uintptr_t) fi->fh;
-      if (events_readable (m, h))
+      if (events_serve (m, h))
         revents = POLLIN;
       else if (ph != NULL)
         {
@@ -1674,44 +1694,33 @@ wake_status_pollers (FsMount *m)
   notify_pollers (m, phs);
 }
 
+/* After an event or a handled publish note: answers the blocked reads that can be answered
+ * and wakes the pollers of readable handles (see the top). */
 static void
-wake_event_readers (FsMount *m)
+serve_event_readers (FsMount *m)
 {
   g_autoptr (GPtrArray) phs = g_ptr_array_new ();
-  g_atomic_int_set (&m->event_note_queued, 0);
   g_mutex_lock (&m->lock);
   for (guint i = 0; i < m->events_handles->len; i++)
     {
       EventsHandle *h = m->events_handles->pdata[i];
+      /* Nobody waits on it: its lines stay in the engine's ring (a slow reader is told what
+       * the ring dropped, not handed a buffer filled behind its back). */
+      if (h->pending == NULL && h->ph == NULL)
+        continue;
       /* Replying is not a notification: fine under the lock (see the lock order above). */
-      if (h->pending != NULL && events_try_answer (m, h, h->pending, h->pending_size))
-        h->pending = NULL;
-      /* A poller of lines still held back is woken when they are released. */
-      if (h->ph != NULL && events_readable (m, h))
+      if (events_serve (m, h) && h->ph != NULL)
         g_ptr_array_add (phs, g_steal_pointer (&h->ph));
     }
   g_mutex_unlock (&m->lock);
   notify_pollers (m, phs);
 }
 
-/* After a publish note: hands out the event lines that waited for it (see the top). */
 static void
-release_held_events (FsMount *m)
+wake_event_readers (FsMount *m)
 {
-  g_autoptr (GPtrArray) phs = g_ptr_array_new ();
-  g_mutex_lock (&m->lock);
-  for (guint i = 0; i < m->events_handles->len; i++)
-    {
-      EventsHandle *h = m->events_handles->pdata[i];
-      if (h->buffered_off >= h->buffered->len || h->released || !events_released (m, h))
-        continue;
-      if (h->pending != NULL && events_try_answer (m, h, h->pending, h->pending_size))
-        h->pending = NULL;
-      if (h->ph != NULL)
-        g_ptr_array_add (phs, g_steal_pointer (&h->ph));
-    }
-  g_mutex_unlock (&m->lock);
-  notify_pollers (m, phs);
+  g_atomic_int_set (&m->event_note_queued, 0);
+  serve_event_readers (m);
 }
 
 static gpointer
@@ -1732,7 +1741,7 @@ invalidation_thread (gpointer data)
           m->published_done++;
           g_cond_broadcast (&m->barrier_cond);
           g_mutex_unlock (&m->barrier_lock);
-          release_held_events (m);
+          serve_event_readers (m);   /* the lines that waited for this note */
           break;
         case NOTE_STATUS:    wake_status_pollers (m); break;
         case NOTE_EVENT:     wake_event_readers (m); break;
