@@ -68,6 +68,11 @@ gboolean store_getattr (Store *store, guint64 ino, StoreEntry *out, GError **err
 /* Children of @ino, sorted by name, StoreEntry* each (free with store_entry_free). */
 GPtrArray *store_readdir (Store *store, guint64 ino, GError **error);
 void store_entry_free (StoreEntry *entry);
+/* Every cache object some item holds (a set of char*), whatever the item's state or place: a
+ * published item whose folder is already gone, or that shares its name with a newer one, is out
+ * of the visible tree but still holds its bytes until its pending work applies. What is not in
+ * the set belongs to nobody. */
+GHashTable *store_cache_objects (Store *store, GError **error);
 /* "/Documents/Reports/a.txt" — the mount path of @ino. */
 char *store_path (Store *store, guint64 ino, GError **error);
 /* Bytes and files held by published entries (statfs). */

@@ -117,6 +117,28 @@ store_getattr (Store *store, guint64 ino, StoreEntry *out, GError **error)
   return getattr_on (r, ino, out, error);
 }
 
+GHashTable *
+store_cache_objects (Store *store, GError **error)
+{
+  g_autoptr (StoreReader) r = store_reader_acquire (store, error);
+  if (r == NULL)
+    return NULL;
+  g_autoptr (StoreStmt) st = store_conn_stmt (r,
+      "SELECT cache_object FROM items WHERE cache_object IS NOT NULL", error);
+  if (st == NULL)
+    return NULL;
+  g_autoptr (GHashTable) objects = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
+  int rc;
+  while ((rc = sqlite3_step (st)) == SQLITE_ROW)
+    g_hash_table_add (objects, store_col_dup (st, 0));
+  if (rc != SQLITE_DONE)
+    {
+      store_set_sqlite_error (error, r, rc, "cache objects");
+      return NULL;
+    }
+  return g_steal_pointer (&objects);
+}
+
 GPtrArray *
 store_readdir (Store *store, guint64 ino, GError **error)
 {

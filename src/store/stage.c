@@ -348,12 +348,15 @@ commit_locked (Store *store, gint64 source_id, const char *delta_link, gboolean 
     if (st == NULL)
       return FALSE;
     sqlite3_bind_int64 (st, 1, source_id);
-    if (sqlite3_step (st) == SQLITE_ROW)
+    int rc = sqlite3_step (st);
+    if (rc != SQLITE_ROW)
       {
-        fresh = sqlite3_column_int (st, 0);
-        known_tombstones = sqlite3_column_int (st, 1);
+        /* Read as 0, it would skip the set's deletes and still move the cursor. */
+        store_set_sqlite_error (error, w, rc, "set counts");
+        return FALSE;
       }
-    sqlite3_reset (st);
+    fresh = sqlite3_column_int (st, 0);
+    known_tombstones = sqlite3_column_int (st, 1);
   }
 
   /* 3. The action, against what the mount shows (new items got theirs with their inode). */

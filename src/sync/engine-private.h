@@ -14,6 +14,8 @@ typedef enum {
                               * batch is not committed yet: once per file with content in the
                               * batch (@path: its mount path). Lets a test see that the flush
                               * precedes the publish; a real deployment cannot observe it. */
+  SYNC_HOOK_SET_COMMITTED,   /* a source's delta set was committed (cursor and work stored) and
+                              * none of that work has been applied yet (@path: the source) */
   SYNC_HOOK_N
 } SyncHookPoint;
 

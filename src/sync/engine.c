@@ -695,7 +695,9 @@ download (Task *t, GError **error)
   g_autofree char *part_name = part_name_for (it);
   g_autofree char *part = g_build_filename (e->tmp_dir, part_name, NULL);
 
-  int fd = open (part, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  /* Without a quickXorHash nothing would check the result, and the part's name cannot tell an
+   * older version's bytes from this one's: such a download always starts over. */
+  int fd = open (part, O_RDWR | O_CREAT | O_CLOEXEC | (it->quickxor_hash ? 0 : O_TRUNC), 0600);
   if (fd < 0)
     {
       int errsv = errno;
@@ -1199,6 +1201,7 @@ enumerate_source (Run *run, const char *path)
           run_note_source_error (run, path, error->message);
           return FALSE;
         }
+      engine_hook (e, SYNC_HOOK_SET_COMMITTED, path);
       if (root_mode)
         {
           sync_root_delta_forget_left (rd);
@@ -1376,29 +1379,10 @@ clean_tmp (SyncEngine *e)
     }
 }
 
-/* Adds the cache objects of the published tree under @ino to @refs. FALSE on any error. */
-static gboolean
-collect_referenced (Store *store, guint64 ino, GHashTable *refs, guint depth, GError **error)
-{
-  if (depth > 4096)
-    return TRUE;   /* a cycle cannot be published; stop rather than recurse forever */
-  g_autoptr (GPtrArray) entries = store_readdir (store, ino, error);
-  if (!entries)
-    return FALSE;
-  for (guint i = 0; i < entries->len; i++)
-    {
-      StoreEntry *en = entries->pdata[i];
-      if (en->cache_object)
-        g_hash_table_add (refs, g_strdup (en->cache_object));
-      if (en->kind == STORE_KIND_DIR && en->ino != ino && !collect_referenced (store, en->ino, refs, depth + 1, error))
-        return FALSE;
-    }
-  return TRUE;
-}
-
 /* Crash hygiene, at engine start (no run, no worker can be renaming or publishing now):
- *  - an object in objects/ that no published item references is an orphan of a crash between
- *    its rename and the publish commit (or of an unlink that never happened): removed;
+ *  - an object in objects/ that no item holds (in the visible tree or not) is an orphan of a
+ *    crash between its rename and the publish commit (or of an unlink that never happened):
+ *    removed;
  *  - a tmp/ file that no pending download would resume (its name is per id and hash, see
  *    part_name_for) is a leftover of work that is gone or changed: removed.
  * When the store cannot be read completely nothing is removed: an object wrongly taken for an
@@ -1407,7 +1391,6 @@ static void
 collect_orphans (SyncEngine *e)
 {
   g_autoptr (GError) error = NULL;
-  g_autoptr (GHashTable) refs = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
   guint removed_objects = 0, removed_parts = 0, adopted = 0;
   g_autoptr (GHashTable) resumable = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
   g_autoptr (GHashTable) by_sid = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, g_free);
@@ -1426,7 +1409,10 @@ collect_orphans (SyncEngine *e)
       for (guint i = 0; i < batch->len; i++)
         {
           const StoreWork *w = batch->pdata[i];
-          if (w->item && (w->action == STORE_ACTION_DOWNLOAD || w->action == STORE_ACTION_UPDATE))
+          /* Only a hash makes a partial download or an adopted object safe to reuse: it is
+           * what download() verifies the whole against. */
+          if (w->item && w->item->quickxor_hash
+              && (w->action == STORE_ACTION_DOWNLOAD || w->action == STORE_ACTION_UPDATE))
             {
               g_hash_table_add (resumable, part_name_for (w->item));
               g_hash_table_insert (by_sid, sanitize_id (w->item->id), part_name_for (w->item));
@@ -1434,7 +1420,12 @@ collect_orphans (SyncEngine *e)
           after = MAX (after, w->work_id);
         }
     }
-  if (collect_referenced (e->store, STORE_ROOT_INO, refs, 0, &error))
+  /* Referenced means held by any item, not reachable in the mount: an item whose folder was
+   * deleted before its own move was applied (a cancel between the two publishes) is out of the
+   * tree, and unlinking its object would publish the move without bytes. */
+  g_clear_error (&error);
+  g_autoptr (GHashTable) refs = store_cache_objects (e->store, &error);
+  if (refs != NULL)
     {
       g_autoptr (GDir) d = g_dir_open (e->objects_dir, 0, NULL);
       const char *name;

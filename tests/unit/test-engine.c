@@ -1484,6 +1484,95 @@ test_crash_leftovers_collected (Env *env, gconstpointer data)
   g_assert_cmpuint (env_cache_objects (env), ==, 3);
 }
 
+/* A file the service reports without a quickXorHash is downloaded whole every time: a partial
+ * download of it cannot be told from one of an older version (its bytes are checked against
+ * nothing), so resuming one would splice two versions into a file nobody wrote. */
+static void
+test_no_hash_never_resumes (Env *env, gconstpointer data)
+{
+  env_faults (env, "{\"no_hash\":true,\"bandwidth_bps\":32768}");
+  env_add_generated (env, "/Docs/unhashed.bin", 256 * 1024, 5);
+  env_engine (env, &(EnvOptions){ .workers = 1 });
+  g_assert_true (sync_engine_start (env->engine, 0, NULL));
+  wait_bytes_served (env, 1, 16 * 1024);
+  g_assert_true (sync_engine_cancel (env->engine));
+  g_assert_true (sync_engine_wait_idle (env->engine, 30 * G_USEC_PER_SEC));
+  g_assert_cmpuint (count_parts (env), ==, 1);   /* kept: a cancel keeps what it has */
+
+  /* The file changes, same size, still no hash; the next run must not resume the old bytes. */
+  env_itemop (env, "modify", "{\"path\":\"/Docs/unhashed.bin\",\"size\":262144,\"seed\":9}");
+  env_faults (env, "{\"no_hash\":true,\"bandwidth_bps\":0}");
+  env_do (env, "POST", "stats/reset", "{}");
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed");
+  assert_mirror_equals_remote (env);
+  g_autoptr (cJSON) stats = env_admin (env, "GET", "stats", NULL);
+  g_assert_cmpfloat (cJSON_GetObjectItem (stats, "ranged_downloads")->valuedouble, ==, 0);
+  g_assert_cmpfloat (cJSON_GetObjectItem (stats, "full_downloads")->valuedouble, ==, 1);
+  g_assert_cmpuint (count_parts (env), ==, 0);
+}
+
+/* A cancel (or a crash) can fall between two publishes of one set: a folder's delete applied,
+ * the move of a file out of it not yet. That file is still published, under a folder that is
+ * gone, so it is out of the visible tree until its move applies; its bytes must survive the
+ * start-up hygiene, or the move would publish a file without bytes. */
+static void
+test_orphan_hygiene_keeps_unreachable (Env *env, gconstpointer data)
+{
+  env_add_file (env, "/Docs/keep.txt", "keep");
+  env_add_file (env, "/Docs/dir/x.txt", "x");
+  env_add_file (env, "/Docs/dir/rescued.txt", "rescued bytes");
+  env_engine (env, &(EnvOptions){ .workers = 1 });
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed");
+  g_assert_cmpuint (env_cache_objects (env), ==, 3);
+
+  /* One set: the file moves out, the folder goes. The run is cancelled once the set is
+   * committed, so its work is queued and none applied: deletes (deepest first), then the move. */
+  env_itemop (env, "move", "{\"path\":\"/Docs/dir/rescued.txt\",\"parent_path\":\"/Docs\"}");
+  env_itemop (env, "delete", "{\"path\":\"/Docs/dir\",\"child_tombstones\":false}");
+  sync_engine_set_hook (env->engine, SYNC_HOOK_SET_COMMITTED, cancel_in_hook, NULL);
+  g_autofree char *s1 = g_strdup (env_sync (env, 0));
+  g_assert_cmpstr (s1, ==, "cancelled");
+  sync_engine_set_hook (env->engine, SYNC_HOOK_SET_COMMITTED, NULL, NULL);
+
+  /* Apply every queued delete, as the next run would before a second cancel or a crash. */
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GPtrArray) work = store_work_next (env->store, 0, 1000, &error);
+  g_assert_no_error (error);
+  guint deletes = 0, moves = 0;
+  for (guint i = 0; i < work->len; i++)
+    {
+      StoreWork *w = work->pdata[i];
+      if (w->action == STORE_ACTION_DELETE)
+        {
+          g_autoptr (GPtrArray) stale = NULL;
+          g_assert_true (store_work_publish (env->store, w, NULL, &stale, &error));
+          g_assert_no_error (error);
+          for (guint k = 0; stale && k < stale->len; k++)
+            {
+              g_autofree char *p = g_build_filename (env->cache_dir, "objects", (char *) stale->pdata[k], NULL);
+              g_unlink (p);
+            }
+          deletes++;
+        }
+      else if (w->action == STORE_ACTION_MOVE)
+        moves++;
+    }
+  g_assert_cmpuint (deletes, >=, 2);   /* dir and x.txt */
+  g_assert_cmpuint (moves, ==, 1);
+  g_assert_false (env_mount_has (env, "/Docs/dir"));
+  g_assert_false (env_mount_has (env, "/Docs/rescued.txt"));   /* not applied yet */
+  g_assert_cmpuint (env_cache_objects (env), ==, 2);           /* keep.txt, rescued.txt */
+
+  env_engine (env, &(EnvOptions){ .workers = 1 });             /* a restart: the hygiene runs */
+  g_assert_cmpuint (env_cache_objects (env), ==, 2);
+  env_do (env, "POST", "stats/reset", "{}");
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed");
+  g_assert_true (env_mount_has (env, "/Docs/rescued.txt"));
+  assert_mirror_equals_remote (env);
+  g_autoptr (cJSON) stats = env_admin (env, "GET", "stats", NULL);
+  g_assert_cmpfloat (cJSON_GetObjectItem (stats, "full_downloads")->valuedouble, ==, 0);
+}
+
 /* What the filesystem's event barrier relies on (docs/events.md): a change's publish notes
  * come before its file_published line is in the ring, so the notes the filesystem counts
  * after taking a line include that line's own. Each PUBLISHED note records the ring's head. */
@@ -1642,6 +1731,8 @@ main (int argc, char **argv)
   env_add ("/engine/timeout", test_timeout);
   env_add ("/engine/status-counts-files", test_status_counts_files);
   env_add ("/engine/crash-leftovers-collected", test_crash_leftovers_collected);
+  env_add ("/engine/orphan-hygiene-keeps-unreachable", test_orphan_hygiene_keeps_unreachable);
+  env_add ("/engine/no-hash-never-resumes", test_no_hash_never_resumes);
   env_add ("/engine/package-and-shortcut", test_package_and_shortcut);
   env_add ("/engine/package-and-shortcut-root-delta", test_package_and_shortcut_root_delta);
   env_add ("/engine/syncfs-before-publish", test_syncfs_before_publish);

@@ -1110,7 +1110,7 @@ fake_render_item (FakeDrive *drive, FakeItem *item, const FakeRenderOpts *opts)
       if (!tomb)
         {
           cJSON_AddStringToObject (f, "mimeType", mime_type (item->name));
-          if (!(opts->no_hash_empty && item->size == 0))
+          if (!opts->no_hash && !(opts->no_hash_empty && item->size == 0))
             {
               cJSON *h = cJSON_AddObjectToObject (f, "hashes");
               cJSON_AddStringToObject (h, "quickXorHash", item->quickxor);

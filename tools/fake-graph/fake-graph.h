@@ -161,6 +161,7 @@ typedef struct {
   gboolean    in_delta;          /* delta pages: no downloadUrl, no parentReference.path */
   gboolean    delta_paths;       /* switch: keep parentReference.path in delta */
   gboolean    no_hash_empty;
+  gboolean    no_hash;
   gboolean    no_sha;
   gboolean    mixed_case_drive_id;
   gboolean    as_tombstone;
@@ -264,6 +265,7 @@ typedef struct {
   guint64    bandwidth_bps;       /* per download; 0 = unlimited */
   gboolean   ignore_range;
   gboolean   no_hash_empty;
+  gboolean   no_hash;
   gboolean   no_sha;
   gboolean   delta_duplicates;
   gboolean   delta_shuffle;

@@ -70,6 +70,7 @@ faults_defaults (FakeFaults *f)
   f->bandwidth_bps = 0;
   f->ignore_range = FALSE;
   f->no_hash_empty = FALSE;
+  f->no_hash = FALSE;
   f->no_sha = FALSE;
   f->delta_duplicates = FALSE;
   f->delta_shuffle = FALSE;
@@ -222,6 +223,7 @@ apply_settings (FakeFaults *f, const cJSON *json, GError **error)
       struct { const char *name; gboolean *field; } bools[] = {
         { "ignore_range", &f->ignore_range },
         { "no_hash_empty", &f->no_hash_empty },
+        { "no_hash", &f->no_hash },
         { "no_sha", &f->no_sha },
         { "delta_duplicates", &f->delta_duplicates },
         { "delta_shuffle", &f->delta_shuffle },
@@ -339,6 +341,7 @@ fake_faults_to_json (FakeFaults *f)
   cJSON_AddNumberToObject (o, "bandwidth_bps", (double) f->bandwidth_bps);
   cJSON_AddBoolToObject (o, "ignore_range", f->ignore_range);
   cJSON_AddBoolToObject (o, "no_hash_empty", f->no_hash_empty);
+  cJSON_AddBoolToObject (o, "no_hash", f->no_hash);
   cJSON_AddBoolToObject (o, "no_sha", f->no_sha);
   cJSON_AddBoolToObject (o, "delta_duplicates", f->delta_duplicates);
   cJSON_AddBoolToObject (o, "delta_shuffle", f->delta_shuffle);

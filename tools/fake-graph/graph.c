@@ -361,6 +361,7 @@ render_opts (FakeServer *server, FakeRenderOpts *opts)
   FakeFaults *f = &server->faults;
   g_autoptr(GMutexLocker) locker = g_mutex_locker_new (&f->lock);
   opts->no_hash_empty = f->no_hash_empty;
+  opts->no_hash = f->no_hash;
   opts->no_sha = f->no_sha;
   opts->mixed_case_drive_id = f->mixed_case_drive_id;
   opts->delta_paths = f->delta_paths;
