@@ -326,6 +326,41 @@ def test_events_bound_answers_reader_beside_poller(drive_dir, fake, mount):
     mount.wait_exit(30, expect=0)
 
 
+def test_events_bound_holds_with_nothing_else_going_on(drive_dir, fake, mount):
+    """A lone blocked reader gets a line about 2 s after it was appended, although the
+    invalidation thread is busy with the line's note for 6 s (the seam) and no other read,
+    poll or note comes: the bound is kept by the events thread, not by the next activity."""
+    delay = 6.0
+    mount.extra_env["ODSF_TEST_INVALIDATION_DELAY_MS"] = str(int(delay * 1000))
+    mount.start()
+    mount.sync_and_wait()   # an empty drive: no publish note, the thread is idle
+    fd = os.open(mount.sync / "events", os.O_RDONLY)
+    got = {}
+    done = threading.Event()
+
+    def reader():
+        ev = EventLines(fd)
+        while ev.read():
+            for e in published(ev.complete(), "/new.txt"):
+                got.setdefault("at", time.monotonic())
+                done.set()
+
+    t = threading.Thread(target=reader)
+    try:
+        t.start()
+        fake.add("/new.txt", b"new\n")
+        started = time.monotonic()
+        mount.start_sync()
+        assert done.wait(delay + 5), "the line never came"
+        waited = got["at"] - started
+        assert 1.5 < waited < delay - 2.0, f"blocked read answered after {waited:.1f} s, bound is 2 s"
+    finally:
+        mount.signal(signal.SIGTERM)   # the stream ends: the reader sees end-of-file
+        t.join(30)
+        os.close(fd)
+    mount.wait_exit(30, expect=0)
+
+
 def test_withdrawn_file_gone_at_its_event(drive_dir, fake, mount):
     """A published file that grows past max_file_size is withdrawn from the mount: once its
     file_filtered line is read, a stat through the mount fails at once, not after the
