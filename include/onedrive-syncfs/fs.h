@@ -51,7 +51,8 @@ FsMount *fs_mount_new (const FsConfig *config, char **fuse_argv, const char *mou
 void fs_mount_set_store (FsMount *mount, Store *store);
 
 /* Connects the engine: control files start working and engine notifications reach the kernel
- * through the invalidation thread, which this starts. @engine is borrowed until detach. */
+ * through the invalidation thread and the events thread (which serves .sync/events readers),
+ * which this starts. @engine is borrowed until detach. */
 void fs_mount_attach (FsMount *mount, SyncEngine *engine);
 
 /* Serves requests until the mount is unmounted (fusermount3 -u) or fs_mount_exit() was called
@@ -72,7 +73,7 @@ void fs_mount_end_event_streams (FsMount *mount, gint64 timeout_us);
  * arrives; the daemon wakes it with a signal. */
 void fs_mount_exit (FsMount *mount);
 
-/* Stops the invalidation thread and forgets the engine: after this no engine callback touches
+/* Stops the invalidation and events threads and forgets the engine: after this no engine callback touches
  * the session. Pending blocked reads of .sync/events are answered. Safe to call twice. */
 void fs_mount_detach (FsMount *mount);
 
@@ -81,7 +82,8 @@ void fs_mount_free (FsMount *mount);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (FsMount, fs_mount_free)
 
 /* The engine's notification callback (sync_engine_set_notify): queues work for the
- * invalidation thread and returns at once. @user_data is the FsMount. */
+ * invalidation thread or wakes the events thread, and returns at once (it takes the mount's
+ * lock briefly, so it must not be called with it held). @user_data is the FsMount. */
 void fs_mount_notify (SyncNotifyKind kind, guint64 ino, guint64 parent_ino, const char *name,
                       gpointer user_data);
 
