@@ -84,7 +84,8 @@ typedef void (*SyncNotifyFunc) (SyncNotifyKind kind, guint64 ino, guint64 parent
                                 const char *name, gpointer user_data);
 /* Called from engine threads, never while an engine lock is held; keep it short. Order: every
  * SYNC_NOTIFY_PUBLISHED of a change comes before its file_published event is appended to the
- * ring, so the filesystem can hold a line back until the change's invalidations are sent. */
+ * ring (and that of a published file withdrawn by a filter before its file_filtered event),
+ * so the filesystem can hold a line back until the change's invalidations are sent. */
 void sync_engine_set_notify (SyncEngine *engine, SyncNotifyFunc func, gpointer user_data);
 
 /* ---- the event stream ------------------------------------------------------------------ */

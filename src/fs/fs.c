@@ -19,9 +19,11 @@
  * control inodes (.sync and its files). 2^23 generations wrap only for a file updated eight
  * million times while one of its old fds stays open.
  *
- * Kernel notifications (inval_entry, inval_inode, poll) are sent only from the invalidation
- * thread, never from a request handler and never while holding mount->lock: the kernel may
- * wait on a request that needs that lock before it completes a notification.
+ * Kernel notifications are never sent from a request handler nor while holding mount->lock:
+ * the kernel may wait on a request that needs that lock before it completes a notification.
+ * inval_entry and inval_inode (and the status pollers' wake-ups) come from the invalidation
+ * thread only; the events stream's poll wake-ups from the events thread (below), which is
+ * safe because the kernel completes a poll wake-up without waiting on any request.
  *
  * The status never runs ahead of the tree. The engine publishes a change and then moves its
  * status on (to "completed", say), but the kernel forgets its cached entry for the change only
@@ -36,13 +38,20 @@
  * notes before it appends the change's event, so when lines are taken from the engine, the
  * publish notes counted right after cover every one of them. Those lines wait in the
  * handle's buffer (a read blocks, poll says not readable) until the invalidation thread has
- * handled that many notes; the thread then answers the blocked read and wakes the poller
- * itself, so holding a line back costs no loop thread. Bounded like the status: lines held
- * longer than EVENTS_BARRIER_US go out at the next read, poll or handled note, and all of
- * them once the thread has stopped (barrier_off; detach answers blocked reads) or the loop
- * has ended. The test seam ODSF_TEST_INVALIDATION_DELAY_MS (read at mount) makes the
- * thread sleep before each publish note, so the integration tests can show a reader never
- * overtakes the invalidations (docs/events.md).
+ * handled that many notes. Held lines cost no loop thread: the events thread serves the
+ * readers (takes lines for a blocked read or a poller, answers the read, wakes the poller)
+ * at each engine event, after each handled publish note, and when the oldest lines held for
+ * a waiting reader reach EVENTS_BARRIER_US. An engine event wakes it directly, not through
+ * the note queue, where it would wait behind the very publish notes it is bounded against.
+ * So the bound holds with no other activity, even while the invalidation thread is stuck in
+ * a notification: a line reaches a blocked reader at most about 2 s after it was appended.
+ * Lines go out at once when the invalidation thread has stopped (barrier_off; detach answers
+ * blocked reads) or the loop has ended. Whichever path releases a handle's lines (the events
+ * thread, a read, a poll) also answers the read blocked on it (events_serve): a poll on the
+ * same open file must not take the release for itself. The test seam
+ * ODSF_TEST_INVALIDATION_DELAY_MS (read at mount) makes the invalidation thread sleep before
+ * each publish note, so the integration tests can show a reader never overtakes the
+ * invalidations, and that the bound holds (docs/events.md).
  *
  * Lock order: mount->lock, then barrier_lock or the engine's locks (sync_engine_events_read),
  * then libfuse's internal locks (fuse_reply_* while holding mount->lock is fine). The
@@ -114,7 +123,6 @@ static const struct {
 typedef enum {
   NOTE_PUBLISHED,
   NOTE_STATUS,
-  NOTE_EVENT,
   NOTE_QUIT,
 } NoteKind;
 
@@ -196,6 +204,11 @@ struct _FsMount {
   gboolean    closed;                 /* protected by lock: detach ran */
   gboolean    events_ending;          /* protected by lock: streams end once drained */
   GCond       events_cond;            /* with lock: an events stream ended or was closed */
+  /* The events thread (see the top) serves event readers when woken or when a hold is due. */
+  GThread    *events_thread;
+  GCond       serve_cond;             /* with lock: wakes the events thread */
+  gboolean    serve_due;              /* protected by lock: news for event readers */
+  gboolean    serve_quit;             /* protected by lock: the events thread must stop */
   GPtrArray  *status_handles;         /* StatusHandle*, protected by lock */
   GPtrArray  *events_handles;         /* EventsHandle*, protected by lock */
 
@@ -209,7 +222,6 @@ struct _FsMount {
 
   guint       status_serial;          /* atomic */
   gint        status_note_queued;     /* atomic: coalesces NOTE_STATUS */
-  gint        event_note_queued;      /* atomic: coalesces NOTE_EVENT */
 
   GMutex      open_lock;
   GHashTable *open_generations;       /* fuse ino → OpenGeneration*, protected by open_lock */
@@ -1391,6 +1403,25 @@ events_try_answer (FsMount *m, EventsHandle *h, fuse_req_t req, size_t size)
   return TRUE;
 }
 
+/* Under m->lock: answers @h's blocked read if it can be answered now, and says whether a
+ * poller would find @h readable. Every path that may release held lines (a handled note, a
+ * poll, the time bound) comes through here, so lines released by a poll (events_released
+ * flips h->released) never leave a read blocked on the same open file. */
+static gboolean
+events_serve (FsMount *m, EventsHandle *h)
+{
+  if (h->pending != NULL && events_try_answer (m, h, h->pending, h->pending_size))
+    h->pending = NULL;
+  gboolean readable = events_readable (m, h);
+  /* The check may itself have released the lines (the bound) or taken new ones. */
+  if (readable && h->pending != NULL && events_try_answer (m, h, h->pending, h->pending_size))
+    {
+      h->pending = NULL;
+      readable = events_readable (m, h);
+    }
+  return readable;
+}
+
 static void
 read_events (fuse_req_t req, FsMount *m, EventsHandle *h, size_t size)
 {
@@ -1418,6 +1449,7 @@ read_events (fuse_req_t req, FsMount *m, EventsHandle *h, size_t size)
     {
       h->pending = req;
       h->pending_size = size;
+      g_cond_signal (&m->serve_cond);   /* the events thread keeps the bound for its lines */
     }
   g_mutex_unlock (&m->lock);
 }
@@ -1546,12 +1578,13 @@ fs_poll (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi, struct fuse_
     {
       /* Lines held back are not readable yet: a read would block. */
       EventsHandle *h = (EventsHandle *) (uintptr_t) fi->fh;
-      if (events_readable (m, h))
+      if (events_serve (m, h))
         revents = POLLIN;
       else if (ph != NULL)
         {
           old = h->ph;
           h->ph = g_steal_pointer (&ph);
+          g_cond_signal (&m->serve_cond);   /* the events thread keeps the bound */
         }
     }
   g_mutex_unlock (&m->lock);
@@ -1674,44 +1707,77 @@ wake_status_pollers (FsMount *m)
   notify_pollers (m, phs);
 }
 
+/* After an event or a handled publish note: answers the blocked reads that can be answered
+ * and wakes the pollers of readable handles (see the top). */
 static void
-wake_event_readers (FsMount *m)
+serve_event_readers (FsMount *m)
 {
   g_autoptr (GPtrArray) phs = g_ptr_array_new ();
-  g_atomic_int_set (&m->event_note_queued, 0);
   g_mutex_lock (&m->lock);
   for (guint i = 0; i < m->events_handles->len; i++)
     {
       EventsHandle *h = m->events_handles->pdata[i];
+      /* Nobody waits on it: its lines stay in the engine's ring (a slow reader is told what
+       * the ring dropped, not handed a buffer filled behind its back). */
+      if (h->pending == NULL && h->ph == NULL)
+        continue;
       /* Replying is not a notification: fine under the lock (see the lock order above). */
-      if (h->pending != NULL && events_try_answer (m, h, h->pending, h->pending_size))
-        h->pending = NULL;
-      /* A poller of lines still held back is woken when they are released. */
-      if (h->ph != NULL && events_readable (m, h))
+      if (events_serve (m, h) && h->ph != NULL)
         g_ptr_array_add (phs, g_steal_pointer (&h->ph));
     }
   g_mutex_unlock (&m->lock);
   notify_pollers (m, phs);
 }
 
-/* After a publish note: hands out the event lines that waited for it (see the top). */
-static void
-release_held_events (FsMount *m)
+/* Under m->lock: when the oldest lines held for a waiting reader or poller reach the bound
+ * (G_MAXINT64: none is held). */
+static gint64
+oldest_hold_due (FsMount *m)
 {
-  g_autoptr (GPtrArray) phs = g_ptr_array_new ();
-  g_mutex_lock (&m->lock);
+  gint64 due = G_MAXINT64;
   for (guint i = 0; i < m->events_handles->len; i++)
     {
       EventsHandle *h = m->events_handles->pdata[i];
-      if (h->buffered_off >= h->buffered->len || h->released || !events_released (m, h))
-        continue;
-      if (h->pending != NULL && events_try_answer (m, h, h->pending, h->pending_size))
-        h->pending = NULL;
-      if (h->ph != NULL)
-        g_ptr_array_add (phs, g_steal_pointer (&h->ph));
+      if (h->buffered_off < h->buffered->len && !h->released && (h->pending != NULL || h->ph != NULL))
+        due = MIN (due, h->filled_at + EVENTS_BARRIER_US);
+    }
+  return due;
+}
+
+/* Under m->lock: news for event readers (a new event, a read or poll that waits, the end). */
+static void
+events_thread_wake (FsMount *m)
+{
+  m->serve_due = TRUE;
+  g_cond_signal (&m->serve_cond);
+}
+
+/* Serves event readers at each event and when the oldest held lines reach EVENTS_BARRIER_US,
+ * so that the bound holds with no other activity and while the invalidation thread is busy
+ * (see the top). */
+static gpointer
+events_thread (gpointer data)
+{
+  FsMount *m = data;
+  g_mutex_lock (&m->lock);
+  while (!m->serve_quit)
+    {
+      gint64 due = oldest_hold_due (m);
+      if (!m->serve_due && g_get_monotonic_time () < due)
+        {
+          if (due == G_MAXINT64)
+            g_cond_wait (&m->serve_cond, &m->lock);
+          else
+            g_cond_wait_until (&m->serve_cond, &m->lock, due);
+          continue;   /* woken or due: look again (a spurious wake-up costs one pass) */
+        }
+      m->serve_due = FALSE;
+      g_mutex_unlock (&m->lock);
+      serve_event_readers (m);
+      g_mutex_lock (&m->lock);
     }
   g_mutex_unlock (&m->lock);
-  notify_pollers (m, phs);
+  return NULL;
 }
 
 static gpointer
@@ -1732,10 +1798,11 @@ invalidation_thread (gpointer data)
           m->published_done++;
           g_cond_broadcast (&m->barrier_cond);
           g_mutex_unlock (&m->barrier_lock);
-          release_held_events (m);
+          g_mutex_lock (&m->lock);
+          events_thread_wake (m);   /* for the lines that waited for this note */
+          g_mutex_unlock (&m->lock);
           break;
         case NOTE_STATUS:    wake_status_pollers (m); break;
-        case NOTE_EVENT:     wake_event_readers (m); break;
         case NOTE_QUIT:      break;
         }
       note_free (note);
@@ -1782,8 +1849,11 @@ fs_mount_notify (SyncNotifyKind kind, guint64 ino, guint64 parent_ino, const cha
         push_note (m, NOTE_STATUS, 0, 0, NULL);
       break;
     case SYNC_NOTIFY_EVENT:
-      if (g_atomic_int_compare_and_exchange (&m->event_note_queued, 0, 1))
-        push_note (m, NOTE_EVENT, 0, 0, NULL);
+      /* Not a note: a line must reach a blocked reader even while the invalidation thread is
+       * busy with the notes before it (the bound, see the top). */
+      g_mutex_lock (&m->lock);
+      events_thread_wake (m);
+      g_mutex_unlock (&m->lock);
       break;
     case SYNC_NOTIFY_PUBLISHED:
       push_note (m, NOTE_PUBLISHED, ino, parent_ino, name);
@@ -1897,6 +1967,7 @@ fs_mount_new (const FsConfig *config, char **fuse_argv, const char *mountpoint, 
   g_mutex_init (&m->open_lock);
   g_mutex_init (&m->barrier_lock);
   g_cond_init (&m->events_cond);
+  g_cond_init (&m->serve_cond);
   g_cond_init (&m->barrier_cond);
   m->status_handles = g_ptr_array_new ();
   m->events_handles = g_ptr_array_new ();
@@ -1944,6 +2015,7 @@ fs_mount_attach (FsMount *m, SyncEngine *engine)
   g_return_if_fail (m->thread == NULL);
   m->engine = engine;
   m->thread = g_thread_new ("odsf-invalidate", invalidation_thread, m);
+  m->events_thread = g_thread_new ("odsf-events", events_thread, m);
 }
 
 int
@@ -1970,9 +2042,8 @@ fs_mount_end_event_streams (FsMount *m, gint64 timeout_us)
   gint64 deadline = g_get_monotonic_time () + timeout_us;
   g_mutex_lock (&m->lock);
   m->events_ending = TRUE;
-  /* Pollers learn of the end from the invalidation thread (it alone notifies the kernel). */
-  if (m->thread != NULL && g_atomic_int_compare_and_exchange (&m->event_note_queued, 0, 1))
-    push_note (m, NOTE_EVENT, 0, 0, NULL);
+  /* Pollers learn of the end from the events thread (never notify from a request path). */
+  events_thread_wake (m);
   for (guint i = 0; i < m->events_handles->len; i++)
     {
       EventsHandle *h = m->events_handles->pdata[i];
@@ -2008,6 +2079,14 @@ fs_mount_detach (FsMount *m)
     {
       push_note (m, NOTE_QUIT, 0, 0, NULL);
       g_thread_join (g_steal_pointer (&m->thread));
+    }
+  if (m->events_thread != NULL)
+    {
+      g_mutex_lock (&m->lock);
+      m->serve_quit = TRUE;
+      g_cond_signal (&m->serve_cond);
+      g_mutex_unlock (&m->lock);
+      g_thread_join (g_steal_pointer (&m->events_thread));
     }
   g_mutex_lock (&m->lock);
   m->closed = TRUE;
@@ -2054,6 +2133,7 @@ fs_mount_free (FsMount *m)
   g_mutex_clear (&m->open_lock);
   g_mutex_clear (&m->barrier_lock);
   g_cond_clear (&m->events_cond);
+  g_cond_clear (&m->serve_cond);
   g_cond_clear (&m->barrier_cond);
   g_free (m->cache_dir);
   g_free (m->objects_dir);

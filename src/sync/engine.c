@@ -329,8 +329,19 @@ record_filtered (Run *run, const StoreWork *work, const char *reason)
   g_autoptr (GError) local = NULL;
   g_autoptr (GPtrArray) stale = NULL;
   const char *path = work->path ? work->path : "";
+  /* A published file that becomes filtered leaves the mount like a deleted one: where it was,
+   * for the filesystem to forget, noted before the event (sync-engine.h), else the kernel
+   * shows the cached entry for up to its timeout and the line overtakes the withdrawal. */
+  g_mutex_lock (&e->lock);
+  gboolean notify = e->notify != NULL;
+  g_mutex_unlock (&e->lock);
+  g_auto (StoreEntry) before = { 0 };
+  gboolean had_before = notify && work->ino != 0 && store_getattr (e->store, work->ino, &before, NULL);
   if (!store_work_skip (e->store, work, reason, &stale, &local))
     g_warning ("cannot record filtered %s: %s", path, local->message);
+  g_auto (StoreEntry) after = { 0 };
+  if (had_before && !store_getattr (e->store, work->ino, &after, NULL))   /* withdrawn */
+    engine_notify (e, SYNC_NOTIFY_PUBLISHED, before.ino, before.parent_ino, before.name);
   for (guint i = 0; stale && i < stale->len; i++)
     {
       g_autofree char *p = g_build_filename (e->objects_dir, (const char *) stale->pdata[i], NULL);

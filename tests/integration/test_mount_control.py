@@ -12,6 +12,7 @@ import stat
 import subprocess
 import tempfile
 import threading
+import time
 
 import pytest
 
@@ -273,6 +274,116 @@ def test_events_never_overtake_invalidations(drive_dir, fake, mount):
         mount.wait_exit(30, expect=0)
     finally:
         os.close(fd)
+
+
+def test_events_bound_answers_reader_beside_poller(drive_dir, fake, mount):
+    """The 2 s bound on held lines reaches a read blocked on the same open file as a poller.
+    The seam delays the publish note by 6 s; a poll that comes after 2 s releases the held
+    lines, and the blocked read must get them then, not when the invalidation thread next
+    gets to a note (here: 6 s; on an idle engine: the next change, maybe hours)."""
+    delay = 6.0
+    mount.extra_env["ODSF_TEST_INVALIDATION_DELAY_MS"] = str(int(delay * 1000))
+    mount.start()
+    mount.sync_and_wait()   # an empty drive: no publish note, the thread is idle
+    fd = os.open(mount.sync / "events", os.O_RDONLY)
+    got = {}
+    stop_polling = threading.Event()
+
+    def reader():
+        ev = EventLines(fd)
+        while ev.read():
+            for e in published(ev.complete(), "/new.txt"):
+                got.setdefault("at", time.monotonic())
+
+    def poller():
+        # Polls without reading, as a second thread of an event loop would.
+        p = select.poll()
+        p.register(fd, select.POLLIN)
+        while not stop_polling.is_set():
+            if p.poll(200):
+                stop_polling.wait(0.1)   # readable: the reader takes it; do not spin
+
+    threads = [threading.Thread(target=reader), threading.Thread(target=poller)]
+    try:
+        for t in threads:
+            t.start()
+        fake.add("/new.txt", b"new\n")
+        started = time.monotonic()
+        mount.start_sync()
+        deadline = started + delay + 5
+        while "at" not in got and time.monotonic() < deadline:
+            stop_polling.wait(0.05)
+        assert "at" in got, "the line never came"
+        waited = got["at"] - started
+        # Held (the note is 6 s late), but for about 2 s only.
+        assert waited < delay - 2.0, f"blocked read answered after {waited:.1f} s, bound is 2 s"
+    finally:
+        stop_polling.set()
+        mount.signal(signal.SIGTERM)   # the stream ends: the reader sees end-of-file
+        for t in threads:
+            t.join(30)
+        os.close(fd)
+    mount.wait_exit(30, expect=0)
+
+
+def test_events_bound_holds_with_nothing_else_going_on(drive_dir, fake, mount):
+    """A lone blocked reader gets a line about 2 s after it was appended, although the
+    invalidation thread is busy with the line's note for 6 s (the seam) and no other read,
+    poll or note comes: the bound is kept by the events thread, not by the next activity."""
+    delay = 6.0
+    mount.extra_env["ODSF_TEST_INVALIDATION_DELAY_MS"] = str(int(delay * 1000))
+    mount.start()
+    mount.sync_and_wait()   # an empty drive: no publish note, the thread is idle
+    fd = os.open(mount.sync / "events", os.O_RDONLY)
+    got = {}
+    done = threading.Event()
+
+    def reader():
+        ev = EventLines(fd)
+        while ev.read():
+            for e in published(ev.complete(), "/new.txt"):
+                got.setdefault("at", time.monotonic())
+                done.set()
+
+    t = threading.Thread(target=reader)
+    try:
+        t.start()
+        fake.add("/new.txt", b"new\n")
+        started = time.monotonic()
+        mount.start_sync()
+        assert done.wait(delay + 5), "the line never came"
+        waited = got["at"] - started
+        assert 1.5 < waited < delay - 2.0, f"blocked read answered after {waited:.1f} s, bound is 2 s"
+    finally:
+        mount.signal(signal.SIGTERM)   # the stream ends: the reader sees end-of-file
+        t.join(30)
+        os.close(fd)
+    mount.wait_exit(30, expect=0)
+
+
+def test_withdrawn_file_gone_at_its_event(drive_dir, fake, mount):
+    """A published file that grows past max_file_size is withdrawn from the mount: once its
+    file_filtered line is read, a stat through the mount fails at once, not after the
+    kernel's 60 s entry timeout."""
+    (drive_dir / "grows.txt").write_bytes(b"small\n")
+    mount.options += ["max_file_size=16"]
+    mount.start()
+    mount.sync_and_wait()
+    grows = mount.mnt / "grows.txt"
+    assert os.stat(grows).st_size == 6   # the dentry and attributes are in the kernel's caches
+    with open(mount.sync / "events", "rb", buffering=0) as f:
+        ev = EventLines(f.fileno())
+        fake.modify("/grows.txt", b"now longer than sixteen bytes\n")
+        mount.start_sync()
+        filtered = False
+        while not filtered:
+            assert ev.read(), "events ended early"
+            filtered = any(e["event"] == "file_filtered" and e["path"] == "/grows.txt"
+                           for e in ev.complete())
+        with pytest.raises(FileNotFoundError):
+            os.stat(grows)
+    assert "grows.txt" not in os.listdir(mount.mnt)
+    mount.stop()
 
 
 def test_changes_feed(drive_dir, fake, mount):

@@ -1601,17 +1601,17 @@ log_notify (SyncNotifyKind kind, guint64 ino, guint64 parent_ino, const char *na
   g_mutex_unlock (&log->env->lock);
 }
 
-/* Runs a sync and checks every PUBLISHED note of a name that has a file_published event in
- * the run came while that event was not yet in the ring. Returns the events checked. */
+/* Runs a sync and checks every PUBLISHED note of a name that has an @event event in the run
+ * came while that event was not yet in the ring. Returns the events checked. */
 static guint
-sync_checking_note_order (Env *env, NoteLog *log)
+sync_checking_note_order (Env *env, NoteLog *log, const char *event, SyncStartFlags flags)
 {
   g_mutex_lock (&log->lock);
   g_ptr_array_set_size (log->names, 0);
   g_array_set_size (log->heads, 0);
   g_mutex_unlock (&log->lock);
   guint64 cursor = sync_engine_events_head (env->engine);
-  g_assert_cmpstr (env_sync (env, 0), ==, "completed");
+  g_assert_cmpstr (env_sync (env, flags), ==, "completed");
   g_autoptr (GString) out = g_string_new (NULL);
   sync_engine_events_read (env->engine, &cursor, out, 1 << 20);
   g_auto (GStrv) lines = g_strsplit (out->str, "\n", -1);
@@ -1620,7 +1620,7 @@ sync_checking_note_order (Env *env, NoteLog *log)
     {
       g_autoptr (cJSON) ev = cJSON_Parse (lines[i]);
       g_assert_nonnull (ev);
-      if (g_strcmp0 (cJSON_GetObjectItem (ev, "event")->valuestring, "file_published") != 0)
+      if (g_strcmp0 (cJSON_GetObjectItem (ev, "event")->valuestring, event) != 0)
         continue;
       guint64 seq = (guint64) cJSON_GetObjectItem (ev, "seq")->valuedouble;
       g_autofree char *base = g_path_get_basename (cJSON_GetObjectItem (ev, "path")->valuestring);
@@ -1650,10 +1650,47 @@ test_publish_notes_before_event (Env *env, gconstpointer data)
   g_mutex_init (&log.lock);
   sync_engine_set_notify (env->engine, log_notify, &log);
 
-  g_assert_cmpuint (sync_checking_note_order (env, &log), ==, 2);   /* added, added */
+  g_assert_cmpuint (sync_checking_note_order (env, &log, "file_published", 0), ==, 2);   /* added, added */
   env_itemop (env, "modify", "{\"path\":\"/Docs/a.txt\",\"content\":\"second, longer\"}");
   env_itemop (env, "delete", "{\"path\":\"/Docs/sub/b.txt\"}");
-  g_assert_cmpuint (sync_checking_note_order (env, &log), ==, 2);   /* updated, deleted */
+  g_assert_cmpuint (sync_checking_note_order (env, &log, "file_published", 0), ==, 2);   /* updated, deleted */
+
+  sync_engine_set_notify (env->engine, NULL, NULL);
+  g_mutex_clear (&log.lock);
+  g_ptr_array_unref (log.names);
+  g_array_unref (log.heads);
+}
+
+/* A published file that becomes filtered (too large now, or excluded by a glob) is withdrawn
+ * from the mount: the filesystem is told where it was before its file_filtered line. */
+static void
+test_withdrawn_notes_before_event (Env *env, gconstpointer data)
+{
+  env_add_file (env, "/Docs/grows.txt", "small");
+  env_add_file (env, "/Docs/later.tmp", "small");
+  const char *exclude[] = { "*.tmp", NULL };
+  EnvOptions opts = { .max_file_size = 16 };
+  env_engine (env, &opts);
+  NoteLog log = { .env = env, .names = g_ptr_array_new_with_free_func (g_free),
+                  .heads = g_array_new (FALSE, FALSE, sizeof (guint64)) };
+  g_mutex_init (&log.lock);
+  sync_engine_set_notify (env->engine, log_notify, &log);
+  g_assert_cmpuint (sync_checking_note_order (env, &log, "file_published", 0), ==, 2);
+  g_assert_true (env_mount_has (env, "/Docs/grows.txt"));
+
+  env_itemop (env, "modify", "{\"path\":\"/Docs/grows.txt\",\"content\":\"now longer than sixteen bytes\"}");
+  g_assert_cmpuint (sync_checking_note_order (env, &log, "file_filtered", 0), ==, 1);
+  g_assert_false (env_mount_has (env, "/Docs/grows.txt"));
+
+  /* The same through an exclude glob (a restart with a new filter), at the file's next change. */
+  sync_engine_set_notify (env->engine, NULL, NULL);
+  opts.exclude_globs = exclude;
+  env_engine (env, &opts);
+  sync_engine_set_notify (env->engine, log_notify, &log);
+  g_assert_true (env_mount_has (env, "/Docs/later.tmp"));
+  env_itemop (env, "modify", "{\"path\":\"/Docs/later.tmp\",\"content\":\"small too\"}");
+  g_assert_cmpuint (sync_checking_note_order (env, &log, "file_filtered", 0), ==, 1);
+  g_assert_false (env_mount_has (env, "/Docs/later.tmp"));
 
   sync_engine_set_notify (env->engine, NULL, NULL);
   g_mutex_clear (&log.lock);
@@ -1702,5 +1739,6 @@ main (int argc, char **argv)
   env_add ("/engine/unconfigured-source-forgotten", test_unconfigured_source_forgotten);
   env_add ("/engine/failed-full-start-reconciles-later", test_failed_full_start_reconciles_later);
   env_add ("/engine/publish-notes-before-event", test_publish_notes_before_event);
+  env_add ("/engine/withdrawn-notes-before-event", test_withdrawn_notes_before_event);
   return g_test_run ();
 }
