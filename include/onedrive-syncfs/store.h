@@ -200,11 +200,19 @@ gboolean store_work_fail (Store *store, const StoreWork *work, const char *error
  * It is reconsidered whenever a delta set reports it again: store_stage_commit queues every
  * re-reported item that is not published, so a change of the file is honoured on its next
  * change; and a start with "full" enumerates everything (store_source_reset_cursor, then a
- * reconciling commit), which re-queues every filtered item, so a changed filter takes effect.
+ * reconciling commit), which re-queues every filtered item, so a changed filter takes effect
+ * (a published file the new filter refuses has no work then: see store_withdraw_file).
  * A filtered item deleted remotely is forgotten at commit (nothing to delete in the mount).
  * Superseded work: nothing happens (TRUE). */
 gboolean store_work_skip (Store *store, const StoreWork *work, const char *reason,
                           GPtrArray **stale_cache_objects, GError **error);
+/* Withdraws the published file @ino that a filter now refuses (a filter changed since it was
+ * published, and the file did not): as store_work_skip, for an item with no work to skip — it
+ * leaves the mount, keeps its place for a later publish, and its cache object comes back in
+ * @stale_cache_objects. Queued work for it goes too: the filter would refuse it. Anything but
+ * a published, unanchored file is left alone (TRUE, @withdrawn FALSE). */
+gboolean store_withdraw_file (Store *store, guint64 ino, const char *reason, gboolean *withdrawn,
+                              GPtrArray **stale_cache_objects, GError **error);
 
 /* ---- runs ------------------------------------------------------------------------------ */
 

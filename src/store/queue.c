@@ -514,6 +514,66 @@ fail:
 }
 
 gboolean
+store_withdraw_file (Store *store, guint64 ino, const char *reason, gboolean *withdrawn,
+                     GPtrArray **stale_cache_objects, GError **error)
+{
+  g_return_val_if_fail (reason != NULL, FALSE);
+  g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&store->write_lock);
+  StoreConn *w = store->writer;
+  if (!store_begin (store, error))
+    return FALSE;
+  g_autofree char *old_object = NULL;
+  int changes = 0;
+  {
+    g_autoptr (StoreStmt) st = store_conn_stmt (w,
+        "SELECT cache_object FROM items WHERE ino = ?1 AND state = 1 AND kind = 0 AND anchored = 0",
+        error);
+    if (st == NULL)
+      goto fail;
+    sqlite3_bind_int64 (st, 1, (gint64) ino);
+    int rc = sqlite3_step (st);
+    if (rc == SQLITE_ROW)
+      old_object = store_col_dup (st, 0);
+    else if (rc != SQLITE_DONE)
+      {
+        store_set_sqlite_error (error, w, rc, "withdraw");
+        goto fail;
+      }
+    else
+      goto nothing;
+  }
+  {
+    g_autoptr (StoreStmt) mark = store_conn_stmt (w,
+        "UPDATE items SET state = 4, filter_reason = ?2, cache_object = NULL,"
+        " parent_ino = t_parent_ino, name = t_name, generation = generation + 1 WHERE ino = ?1", error);
+    g_autoptr (StoreStmt) del = mark == NULL ? NULL : store_conn_stmt (w, "DELETE FROM work WHERE ino = ?1", error);
+    if (del == NULL)
+      goto fail;
+    sqlite3_bind_int64 (mark, 1, (gint64) ino);
+    sqlite3_bind_text (mark, 2, reason, -1, SQLITE_STATIC);
+    sqlite3_bind_int64 (del, 1, (gint64) ino);
+    if (!store_stmt_run (w, mark, "withdraw file", error) || !store_stmt_run (w, del, "withdraw work", error))
+      goto fail;
+    changes = 1;
+  }
+nothing:
+  if (!store_commit (store, error))
+    return FALSE;
+  if (withdrawn)
+    *withdrawn = changes > 0;
+  if (changes && old_object && stale_cache_objects)
+    {
+      if (*stale_cache_objects == NULL)
+        *stale_cache_objects = g_ptr_array_new_with_free_func (g_free);
+      g_ptr_array_add (*stale_cache_objects, g_steal_pointer (&old_object));
+    }
+  return TRUE;
+fail:
+  store_rollback (store);
+  return FALSE;
+}
+
+gboolean
 store_work_skip (Store *store, const StoreWork *work, const char *reason,
                  GPtrArray **stale_cache_objects, GError **error)
 {

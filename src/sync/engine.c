@@ -322,6 +322,22 @@ record_failure (Run *run, const StoreWork *work, const char *type, const char *m
  * not a failure. The store queues it again when a delta reports it again, and a "full" start
  * re-reports everything, so a changed filter takes effect there; this run reports it as
  * filtered. */
+/* The end of filtering @path: its stale objects unlinked, the status and the event. */
+static void
+report_filtered (SyncEngine *e, const char *path, const char *reason, GPtrArray *stale)
+{
+  for (guint i = 0; stale && i < stale->len; i++)
+    {
+      g_autofree char *p = g_build_filename (e->objects_dir, (const char *) stale->pdata[i], NULL);
+      if (g_unlink (p) != 0 && errno != ENOENT)
+        g_warning ("unlink(%s): %s", p, g_strerror (errno));
+    }
+  sync_status_file_filtered (e->status, path, reason);
+  cJSON *f = fields_path (path);
+  cJSON_AddStringToObject (f, "reason", reason);
+  emit (e, "file_filtered", f);
+}
+
 static void
 record_filtered (Run *run, const StoreWork *work, const char *reason)
 {
@@ -342,16 +358,7 @@ record_filtered (Run *run, const StoreWork *work, const char *reason)
   g_auto (StoreEntry) after = { 0 };
   if (had_before && !store_getattr (e->store, work->ino, &after, NULL))   /* withdrawn */
     engine_notify (e, SYNC_NOTIFY_PUBLISHED, before.ino, before.parent_ino, before.name);
-  for (guint i = 0; stale && i < stale->len; i++)
-    {
-      g_autofree char *p = g_build_filename (e->objects_dir, (const char *) stale->pdata[i], NULL);
-      if (g_unlink (p) != 0 && errno != ENOENT)
-        g_warning ("unlink(%s): %s", p, g_strerror (errno));
-    }
-  sync_status_file_filtered (e->status, path, reason);
-  cJSON *f = fields_path (path);
-  cJSON_AddStringToObject (f, "reason", reason);
-  emit (e, "file_filtered", f);
+  report_filtered (e, path, reason, stale);
 }
 
 /* ---- publishing: group commit in commit order ------------------------------------------
@@ -637,22 +644,76 @@ on_progress (guint64 done, guint64 total, gpointer user_data)
 }
 
 /* Returns the reason a file is filtered, or NULL. */
+/* The configured filters (size, include and exclude globs) for a file of @size at @path. */
 static const char *
-filter_reason (SyncEngine *e, const StoreWork *work)
+filter_reason_for (SyncEngine *e, gint64 size, const char *path)
 {
-  const GraphItem *it = work->item;
-  const char *path = work->path ? work->path : "";
-  if (it && it->kind == GRAPH_ITEM_PACKAGE)
-    return "package";
-  if (it && it->kind == GRAPH_ITEM_REMOTE)
-    return "remote_item";
-  if (e->max_file_size > 0 && it && it->size > e->max_file_size)
+  if (e->max_file_size > 0 && size > e->max_file_size)
     return "too_large";
   if (e->include_globs->len > 0 && !glob_match_any (e->include_globs, path))
     return "not_included";
   if (e->exclude_globs->len > 0 && glob_match_any (e->exclude_globs, path))
     return "excluded";
   return NULL;
+}
+
+static const char *
+filter_reason (SyncEngine *e, const StoreWork *work)
+{
+  const GraphItem *it = work->item;
+  if (it && it->kind == GRAPH_ITEM_PACKAGE)
+    return "package";
+  if (it && it->kind == GRAPH_ITEM_REMOTE)
+    return "remote_item";
+  if (!it)
+    return NULL;
+  return filter_reason_for (e, it->size, work->path ? work->path : "");
+}
+
+/* A "full" start also applies today's filters to what is already published: a file that did
+ * not change is not queued by its set, so a filter added or narrowed since it was published
+ * would otherwise never see it. Walks the published tree; a refused file is withdrawn like a
+ * filtered download (the note before the event, its object unlinked). */
+static void
+refilter_published (Run *run, guint64 ino, const char *dir_path, guint depth)
+{
+  SyncEngine *e = run->engine;
+  if (depth > 4096 || g_cancellable_is_cancelled (run->cancel))
+    return;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GPtrArray) entries = store_readdir (e->store, ino, &error);
+  if (entries == NULL)
+    {
+      g_warning ("filters not applied under %s: %s", *dir_path ? dir_path : "/", error->message);
+      return;
+    }
+  for (guint i = 0; i < entries->len && !g_cancellable_is_cancelled (run->cancel); i++)
+    {
+      StoreEntry *en = entries->pdata[i];
+      if (en->ino == ino)
+        continue;
+      g_autofree char *path = g_strconcat (dir_path, "/", en->name, NULL);
+      if (en->kind == STORE_KIND_DIR)
+        {
+          refilter_published (run, en->ino, path, depth + 1);
+          continue;
+        }
+      const char *reason = filter_reason_for (e, (gint64) en->size, path);
+      if (reason == NULL)
+        continue;
+      gboolean withdrawn = FALSE;
+      g_autoptr (GPtrArray) stale = NULL;
+      if (!store_withdraw_file (e->store, en->ino, reason, &withdrawn, &stale, &error))
+        {
+          g_warning ("cannot withdraw %s: %s", path, error->message);
+          g_clear_error (&error);
+          continue;
+        }
+      if (!withdrawn)
+        continue;
+      engine_notify (e, SYNC_NOTIFY_PUBLISHED, en->ino, en->parent_ino, en->name);
+      report_filtered (e, path, reason, stale);
+    }
 }
 
 /* Writes an empty object (0-byte files need no request). */
@@ -1512,6 +1573,9 @@ run_main (gpointer data)
             continue;
           enumerate_source (run, s->path);
         }
+      if ((run->flags & SYNC_START_FULL) && !g_cancellable_is_cancelled (run->cancel)
+          && (e->max_file_size > 0 || e->include_globs->len > 0 || e->exclude_globs->len > 0))
+        refilter_published (run, STORE_ROOT_INO, "", 0);
       /* The queue holds this run's sets and whatever earlier runs left (failures, cancels). */
       if (!g_cancellable_is_cancelled (run->cancel))
         drain_queue (run);

@@ -1484,6 +1484,46 @@ test_crash_leftovers_collected (Env *env, gconstpointer data)
   g_assert_cmpuint (env_cache_objects (env), ==, 3);
 }
 
+/* Filters configured after files were published: a plain run leaves unchanged files alone
+ * (their sets do not queue them), a "full" start applies the filters to what is published —
+ * the refused files leave the mount and the cache, listed and counted — and a full start with
+ * the filters lifted brings them back. */
+static void
+test_full_applies_new_filters (Env *env, gconstpointer data)
+{
+  env_add_file (env, "/Docs/small.txt", "small");
+  env_add_generated (env, "/Docs/sub/big.bin", 4096, 1);
+  env_add_file (env, "/Docs/notes.tmp", "scratch");
+  env_engine (env, NULL);
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed");
+  g_assert_cmpuint (env_cache_objects (env), ==, 3);
+
+  const char *exclude[] = { "*.tmp", NULL };
+  env_engine (env, &(EnvOptions){ .max_file_size = 1000, .exclude_globs = exclude });
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed");
+  g_assert_true (env_mount_has (env, "/Docs/sub/big.bin"));   /* unchanged: not reconsidered */
+
+  g_assert_cmpstr (env_sync (env, SYNC_START_FULL), ==, "completed");
+  g_assert_false (env_mount_has (env, "/Docs/sub/big.bin"));
+  g_assert_false (env_mount_has (env, "/Docs/notes.tmp"));
+  g_assert_true (env_mount_has (env, "/Docs/small.txt"));
+  g_autofree char *why_big = filtered_reason (env, "/Docs/sub/big.bin");
+  g_autofree char *why_tmp = filtered_reason (env, "/Docs/notes.tmp");
+  g_assert_cmpstr (why_big, ==, "too_large");
+  g_assert_cmpstr (why_tmp, ==, "excluded");
+  g_assert_cmpuint (status_uint (env, "files_filtered"), ==, 2);
+  g_assert_cmpuint (status_uint (env, "files_failed"), ==, 0);
+  g_assert_cmpuint (env_cache_objects (env), ==, 1);          /* their bytes are gone too */
+
+  env_engine (env, NULL);
+  env_do (env, "POST", "stats/reset", "{}");
+  g_assert_cmpstr (env_sync (env, SYNC_START_FULL), ==, "completed");
+  assert_mirror_equals_remote (env);
+  g_autoptr (cJSON) stats = env_admin (env, "GET", "stats", NULL);
+  g_assert_cmpfloat (cJSON_GetObjectItem (stats, "full_downloads")->valuedouble, ==, 2);
+  g_assert_cmpuint (env_cache_objects (env), ==, 3);
+}
+
 /* A file the service reports without a quickXorHash is downloaded whole every time: a partial
  * download of it cannot be told from one of an older version (its bytes are checked against
  * nothing), so resuming one would splice two versions into a file nobody wrote. */
@@ -1733,6 +1773,7 @@ main (int argc, char **argv)
   env_add ("/engine/crash-leftovers-collected", test_crash_leftovers_collected);
   env_add ("/engine/orphan-hygiene-keeps-unreachable", test_orphan_hygiene_keeps_unreachable);
   env_add ("/engine/no-hash-never-resumes", test_no_hash_never_resumes);
+  env_add ("/engine/full-applies-new-filters", test_full_applies_new_filters);
   env_add ("/engine/package-and-shortcut", test_package_and_shortcut);
   env_add ("/engine/package-and-shortcut-root-delta", test_package_and_shortcut_root_delta);
   env_add ("/engine/syncfs-before-publish", test_syncfs_before_publish);

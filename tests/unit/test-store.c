@@ -454,6 +454,53 @@ test_reset_cursor (Fixture *f, gconstpointer data)
   g_clear_error (&error);
 }
 
+/* A published file a changed filter now refuses, withdrawn with no work to skip. */
+static void
+test_withdraw_file (Fixture *f, gconstpointer data)
+{
+  gint64 sid = standard_tree (f);
+  publish_all (f);
+  guint64 ino_a = resolve (f, "/Docs/Reports/F/a.txt"), ino_f = resolve (f, "/Docs/Reports/F");
+  g_assert_cmpuint (ino_a, !=, 0);
+
+  /* A folder, or the source folder, is left alone. */
+  GError *error = NULL;
+  gboolean withdrawn = TRUE;
+  g_autoptr (GPtrArray) none = NULL;
+  g_assert_true (store_withdraw_file (f->store, ino_f, "excluded", &withdrawn, &none, &error));
+  g_assert_no_error (error);
+  g_assert_false (withdrawn);
+  g_assert_null (none);
+
+  /* A queued update for it goes too: the filter would refuse it. */
+  GPtrArray *set = items_new ();
+  g_ptr_array_add (set, mk_file ("a", "F", "a.txt", "ha2"));
+  commit_set (f, sid, set, "link-2", FALSE);
+  g_autoptr (GPtrArray) stale = NULL;
+  g_assert_true (store_withdraw_file (f->store, ino_a, "too_large", &withdrawn, &stale, &error));
+  g_assert_no_error (error);
+  g_assert_true (withdrawn);
+  g_assert_nonnull (stale);
+  g_assert_cmpuint (stale->len, ==, 1);
+  g_assert_cmpstr (stale->pdata[0], ==, "obj-a-ha1");
+  g_assert_cmpuint (resolve (f, "/Docs/Reports/F/a.txt"), ==, 0);
+  guint count = 9;
+  g_assert_true (store_work_count (f->store, &count, NULL));
+  g_assert_cmpuint (count, ==, 0);
+
+  /* Not published any more: a second withdraw changes nothing. */
+  g_assert_true (store_withdraw_file (f->store, ino_a, "too_large", &withdrawn, NULL, &error));
+  g_assert_false (withdrawn);
+
+  /* Reported again (the filter lifted, a full start): queued and published in place. */
+  GPtrArray *again = items_new ();
+  g_ptr_array_add (again, mk_file ("a", "F", "a.txt", "ha2"));
+  StoreCommitStats st = commit_set (f, sid, again, "link-3", FALSE);
+  g_assert_cmpuint (st.queued_downloads + st.queued_updates, ==, 1);
+  publish_all (f);
+  g_assert_cmpuint (resolve (f, "/Docs/Reports/F/a.txt"), ==, ino_a);
+}
+
 static void
 test_fail_retry (Fixture *f, gconstpointer data)
 {
@@ -942,6 +989,7 @@ main (int argc, char **argv)
   T ("/store/commit/name-problem", test_name_problem);
   T ("/store/commit/reset-cursor", test_reset_cursor);
   T ("/store/queue/fail-retry", test_fail_retry);
+  T ("/store/queue/withdraw-file", test_withdraw_file);
   T ("/store/queue/superseded-publish", test_superseded_publish);
   T ("/store/queue/skip-filtered", test_skip_filtered);
   T ("/store/queue/publish-batch", test_publish_batch);
