@@ -153,8 +153,9 @@ model_change (Model *m, GHashTable *changed, GPtrArray *gone)
         Node *n = pick (m, -1, FALSE);
         if (n)
           {
+            char *name = fresh_name (m, n->parent, n->dir ? "d" : "f");
             g_free (n->name);
-            n->name = fresh_name (m, n->parent, n->dir ? "d" : "f");
+            n->name = name;
             g_hash_table_add (changed, n->id);
           }
         break;
