@@ -34,6 +34,18 @@ if not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None:
 FILES, SIZE = 12, 64 * 1024
 
 
+def has_open(pid, name):
+    """Whether process @pid has a file named @name open. Its fds come and go while we look
+    (a readlink of one listed a moment ago can fail): those simply do not count."""
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.path.basename(os.readlink(f"/proc/{pid}/fd/{fd}")) == name:
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def make_world(tmp_path, synthetic):
     fake = FakeGraph(tmp_path, "--device-interval", "1", synthetic=synthetic)
     mount = None
@@ -174,9 +186,7 @@ def test_follow_plain(world_files):
                          stderr=subprocess.PIPE, text=True, env=env)
     try:
         # follow opens the stream at its end: start only once it is reading.
-        wait_until(lambda: any(os.path.basename(os.readlink(f"/proc/{p.pid}/fd/{fd}")) == "events"
-                               for fd in os.listdir(f"/proc/{p.pid}/fd")
-                               if os.path.islink(f"/proc/{p.pid}/fd/{fd}")),
+        wait_until(lambda: has_open(p.pid, "events"),
                    what="follow to open .sync/events")
         r = run_ctl("start", m.mountpoint, env=env)
         assert r.returncode == EXIT_OK
@@ -343,9 +353,7 @@ def test_follow_ends_when_daemon_stops(world):
     p = subprocess.Popen([str(SYNCCTL), "follow", str(m.mountpoint)], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, env=env)
     try:
-        wait_until(lambda: any(os.path.basename(os.readlink(f"/proc/{p.pid}/fd/{fd}")) == "events"
-                               for fd in os.listdir(f"/proc/{p.pid}/fd")
-                               if os.path.islink(f"/proc/{p.pid}/fd/{fd}")),
+        wait_until(lambda: has_open(p.pid, "events"),
                    what="follow to open .sync/events")
         m.proc.send_signal(signal.SIGTERM)
         out, err = p.communicate(timeout=30)
