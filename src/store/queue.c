@@ -520,57 +520,47 @@ store_withdraw_file (Store *store, guint64 ino, const char *reason, gboolean *wi
   g_return_val_if_fail (reason != NULL, FALSE);
   g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&store->write_lock);
   StoreConn *w = store->writer;
-  if (!store_begin (store, error))
+  g_autoptr (StoreStmt) find = store_conn_stmt (w,
+      "SELECT cache_object FROM items WHERE ino = ?1 AND state = 1 AND kind = 0 AND anchored = 0", error);
+  g_autoptr (StoreStmt) mark = find == NULL ? NULL : store_conn_stmt (w,
+      "UPDATE items SET state = 4, filter_reason = ?2, cache_object = NULL,"
+      " parent_ino = t_parent_ino, name = t_name, generation = generation + 1 WHERE ino = ?1", error);
+  g_autoptr (StoreStmt) drop = mark == NULL ? NULL : store_conn_stmt (w, "DELETE FROM work WHERE ino = ?1", error);
+  if (drop == NULL || !store_begin (store, error))
     return FALSE;
-  g_autofree char *old_object = NULL;
-  int changes = 0;
-  {
-    g_autoptr (StoreStmt) st = store_conn_stmt (w,
-        "SELECT cache_object FROM items WHERE ino = ?1 AND state = 1 AND kind = 0 AND anchored = 0",
-        error);
-    if (st == NULL)
-      goto fail;
-    sqlite3_bind_int64 (st, 1, (gint64) ino);
-    int rc = sqlite3_step (st);
-    if (rc == SQLITE_ROW)
-      old_object = store_col_dup (st, 0);
-    else if (rc != SQLITE_DONE)
-      {
-        store_set_sqlite_error (error, w, rc, "withdraw");
-        goto fail;
-      }
-    else
-      goto nothing;
-  }
-  {
-    g_autoptr (StoreStmt) mark = store_conn_stmt (w,
-        "UPDATE items SET state = 4, filter_reason = ?2, cache_object = NULL,"
-        " parent_ino = t_parent_ino, name = t_name, generation = generation + 1 WHERE ino = ?1", error);
-    g_autoptr (StoreStmt) del = mark == NULL ? NULL : store_conn_stmt (w, "DELETE FROM work WHERE ino = ?1", error);
-    if (del == NULL)
-      goto fail;
-    sqlite3_bind_int64 (mark, 1, (gint64) ino);
-    sqlite3_bind_text (mark, 2, reason, -1, SQLITE_STATIC);
-    sqlite3_bind_int64 (del, 1, (gint64) ino);
-    if (!store_stmt_run (w, mark, "withdraw file", error) || !store_stmt_run (w, del, "withdraw work", error))
-      goto fail;
-    changes = 1;
-  }
-nothing:
+  sqlite3_bind_int64 (find, 1, (gint64) ino);
+  int rc = sqlite3_step (find);
+  gboolean found = rc == SQLITE_ROW;
+  g_autofree char *old_object = found ? store_col_dup (find, 0) : NULL;
+  sqlite3_reset (find);   /* done reading before the row is written */
+  if (!found && rc != SQLITE_DONE)
+    {
+      store_set_sqlite_error (error, w, rc, "withdraw");
+      store_rollback (store);
+      return FALSE;
+    }
+  if (found)
+    {
+      sqlite3_bind_int64 (mark, 1, (gint64) ino);
+      sqlite3_bind_text (mark, 2, reason, -1, SQLITE_STATIC);
+      sqlite3_bind_int64 (drop, 1, (gint64) ino);
+      if (!store_stmt_run (w, mark, "withdraw file", error) || !store_stmt_run (w, drop, "withdraw work", error))
+        {
+          store_rollback (store);
+          return FALSE;
+        }
+    }
   if (!store_commit (store, error))
     return FALSE;
   if (withdrawn)
-    *withdrawn = changes > 0;
-  if (changes && old_object && stale_cache_objects)
+    *withdrawn = found;
+  if (old_object && stale_cache_objects)
     {
       if (*stale_cache_objects == NULL)
         *stale_cache_objects = g_ptr_array_new_with_free_func (g_free);
       g_ptr_array_add (*stale_cache_objects, g_steal_pointer (&old_object));
     }
   return TRUE;
-fail:
-  store_rollback (store);
-  return FALSE;
 }
 
 gboolean

@@ -315,11 +315,11 @@ commit_locked (Store *store, gint64 source_id, const char *delta_link, gboolean 
     return FALSE;
   guint fresh = 0;
   {
-    g_autoptr (StoreStmt) dirs = store_conn_stmt (w,
+    g_autoptr (StoreStmt) dirs = source_stmt (w,
         "INSERT OR IGNORE INTO temp.dirs (item_id, drive_id, ino)"
         " SELECT item_id, drive_id, coalesce(ino, seq + ?2) FROM staged"
-        " WHERE +source_id = ?1 AND kind = 1 AND (ino IS NOT NULL OR deleted = 0)", error);
-    g_autoptr (StoreStmt) place = dirs == NULL ? NULL : store_conn_stmt (w,
+        " WHERE +source_id = ?1 AND kind = 1 AND (ino IS NOT NULL OR deleted = 0)", source_id, error);
+    g_autoptr (StoreStmt) place = dirs == NULL ? NULL : source_stmt (w,
         "UPDATE staged SET"
         "  ino = CASE WHEN ino IS NULL AND deleted = 0 THEN seq + ?2 ELSE ino END,"
         "  is_new = ino IS NULL AND deleted = 0,"
@@ -329,25 +329,22 @@ commit_locked (Store *store, gint64 source_id, const char *delta_link, gboolean 
         "    AND d.drive_id = staged.drive_id),"
         "   (SELECT p.ino FROM items p WHERE p.item_id = staged.parent_id"
         "    AND p.drive_id = staged.drive_id)) END"
-        " WHERE +source_id = ?1", error);
+        " WHERE +source_id = ?1", source_id, error);
     if (place == NULL)
       return FALSE;
-    sqlite3_bind_int64 (dirs, 1, source_id);
     sqlite3_bind_int64 (dirs, 2, base);
     if (!store_stmt_run (w, dirs, "set folders", error))
       return FALSE;
-    sqlite3_bind_int64 (place, 1, source_id);
     sqlite3_bind_int64 (place, 2, base);
     if (!store_stmt_run (w, place, "inodes and parents", error))
       return FALSE;
   }
   {
-    g_autoptr (StoreStmt) st = store_conn_stmt (w,
+    g_autoptr (StoreStmt) st = source_stmt (w,
         "SELECT count(*) FILTER (WHERE is_new), count(*) FILTER (WHERE deleted AND ino IS NOT NULL)"
-        " FROM staged WHERE +source_id = ?1", error);
+        " FROM staged WHERE +source_id = ?1", source_id, error);
     if (st == NULL)
       return FALSE;
-    sqlite3_bind_int64 (st, 1, source_id);
     int rc = sqlite3_step (st);
     if (rc != SQLITE_ROW)
       {

@@ -276,24 +276,34 @@ def test_events_never_overtake_invalidations(drive_dir, fake, mount):
         os.close(fd)
 
 
+def open_events_with_late_notes(mount, delay):
+    """Starts @mount with every publish note @delay s late (the test seam) on an empty drive,
+    so the invalidation thread is idle, and opens its event stream."""
+    mount.extra_env["ODSF_TEST_INVALIDATION_DELAY_MS"] = str(int(delay * 1000))
+    mount.start()
+    mount.sync_and_wait()
+    return os.open(mount.sync / "events", os.O_RDONLY)
+
+
+def note_published(fd, path, got, done=None):
+    """Reads the stream on @fd to its end; got["at"]: when @path's file_published line came."""
+    ev = EventLines(fd)
+    while ev.read():
+        for e in published(ev.complete(), path):
+            got.setdefault("at", time.monotonic())
+            if done is not None:
+                done.set()
+
+
 def test_events_bound_answers_reader_beside_poller(drive_dir, fake, mount):
     """The 2 s bound on held lines reaches a read blocked on the same open file as a poller.
     The seam delays the publish note by 6 s; a poll that comes after 2 s releases the held
     lines, and the blocked read must get them then, not when the invalidation thread next
     gets to a note (here: 6 s; on an idle engine: the next change, maybe hours)."""
     delay = 6.0
-    mount.extra_env["ODSF_TEST_INVALIDATION_DELAY_MS"] = str(int(delay * 1000))
-    mount.start()
-    mount.sync_and_wait()   # an empty drive: no publish note, the thread is idle
-    fd = os.open(mount.sync / "events", os.O_RDONLY)
+    fd = open_events_with_late_notes(mount, delay)
     got = {}
     stop_polling = threading.Event()
-
-    def reader():
-        ev = EventLines(fd)
-        while ev.read():
-            for e in published(ev.complete(), "/new.txt"):
-                got.setdefault("at", time.monotonic())
 
     def poller():
         # Polls without reading, as a second thread of an event loop would.
@@ -303,7 +313,8 @@ def test_events_bound_answers_reader_beside_poller(drive_dir, fake, mount):
             if p.poll(200):
                 stop_polling.wait(0.1)   # readable: the reader takes it; do not spin
 
-    threads = [threading.Thread(target=reader), threading.Thread(target=poller)]
+    threads = [threading.Thread(target=note_published, args=(fd, "/new.txt", got)),
+               threading.Thread(target=poller)]
     try:
         for t in threads:
             t.start()
@@ -331,21 +342,11 @@ def test_events_bound_holds_with_nothing_else_going_on(drive_dir, fake, mount):
     invalidation thread is busy with the line's note for 6 s (the seam) and no other read,
     poll or note comes: the bound is kept by the events thread, not by the next activity."""
     delay = 6.0
-    mount.extra_env["ODSF_TEST_INVALIDATION_DELAY_MS"] = str(int(delay * 1000))
-    mount.start()
-    mount.sync_and_wait()   # an empty drive: no publish note, the thread is idle
-    fd = os.open(mount.sync / "events", os.O_RDONLY)
+    fd = open_events_with_late_notes(mount, delay)
     got = {}
     done = threading.Event()
 
-    def reader():
-        ev = EventLines(fd)
-        while ev.read():
-            for e in published(ev.complete(), "/new.txt"):
-                got.setdefault("at", time.monotonic())
-                done.set()
-
-    t = threading.Thread(target=reader)
+    t = threading.Thread(target=note_published, args=(fd, "/new.txt", got, done))
     try:
         t.start()
         fake.add("/new.txt", b"new\n")

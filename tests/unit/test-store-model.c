@@ -253,26 +253,7 @@ commit (Fixture *f, gint64 sid, GPtrArray *set, guint round, gboolean reconcile,
   g_ptr_array_unref (set);
 }
 
-static void
-publish_work (Fixture *f, StoreWork *w)
-{
-  GError *error = NULL;
-  g_autofree char *object = NULL;
-  if ((w->action == STORE_ACTION_DOWNLOAD || w->action == STORE_ACTION_UPDATE) && w->item->kind == GRAPH_ITEM_FILE)
-    object = g_strdup_printf ("obj-%s-%s", w->item->id, w->item->quickxor_hash);
-  g_autoptr (GPtrArray) stale = NULL;
-  g_assert_true (store_work_publish (f->store, w, object, &stale, &error));
-  g_assert_no_error (error);
-}
 
-static GPtrArray *
-take_work (Fixture *f)
-{
-  GError *error = NULL;
-  GPtrArray *work = store_work_next (f->store, 0, 100000, &error);
-  g_assert_no_error (error);
-  return work;
-}
 
 /* The mount's tree below @ino as "path kind object" lines, sorted. */
 static void
@@ -349,14 +330,14 @@ run_sequence (guint seed)
 
       /* Work taken before this commit, published now: what a slow worker does. */
       for (guint i = 0; held && i < held->len; i++)
-        publish_work (f, held->pdata[i]);
+        publish (f, held->pdata[i], NULL);
       g_clear_pointer (&held, g_ptr_array_unref);
 
       /* Then part of the queue, in order (a cancel), and perhaps some held for later. */
       g_autoptr (GPtrArray) work = take_work (f);
       guint upto = work->len ? (guint) g_rand_int_range (m.rand, 0, (gint32) work->len + 1) : 0;
       for (guint i = 0; i < upto; i++)
-        publish_work (f, work->pdata[i]);
+        publish (f, work->pdata[i], NULL);
       if (upto < work->len && g_rand_boolean (m.rand))
         {
           held = g_ptr_array_new_with_free_func ((GDestroyNotify) store_work_free);
@@ -365,7 +346,7 @@ run_sequence (guint seed)
         }
     }
   for (guint i = 0; held && i < held->len; i++)
-    publish_work (f, held->pdata[i]);
+    publish (f, held->pdata[i], NULL);
   /* Drain: a publish can make room for what follows, so until the queue is empty. */
   for (guint pass = 0;; pass++)
     {
@@ -374,7 +355,7 @@ run_sequence (guint seed)
       if (work->len == 0)
         break;
       for (guint i = 0; i < work->len; i++)
-        publish_work (f, work->pdata[i]);
+        publish (f, work->pdata[i], NULL);
     }
 
   g_autoptr (GPtrArray) want = g_ptr_array_new_with_free_func (g_free);

@@ -103,3 +103,27 @@ items_new (void)
 {
   return g_ptr_array_new_with_free_func ((GDestroyNotify) graph_item_free);
 }
+
+/* Every queued work, in order. */
+static inline GPtrArray *
+take_work (Fixture *f)
+{
+  GError *error = NULL;
+  GPtrArray *work = store_work_next (f->store, 0, 100000, &error);
+  g_assert_no_error (error);
+  g_assert_nonnull (work);
+  return work;
+}
+
+/* Publishes one work item the way the engine would: a fresh cache object per content. */
+static inline void
+publish (Fixture *f, StoreWork *w, GPtrArray **stale)
+{
+  GError *error = NULL;
+  g_autofree char *object = NULL;
+  if ((w->action == STORE_ACTION_DOWNLOAD || w->action == STORE_ACTION_UPDATE) &&
+      w->item->kind == GRAPH_ITEM_FILE)
+    object = g_strdup_printf ("obj-%s-%s", w->item->id, w->item->quickxor_hash);
+  g_assert_true (store_work_publish (f->store, w, object, stale, &error));
+  g_assert_no_error (error);
+}

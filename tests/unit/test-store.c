@@ -39,15 +39,6 @@ commit_set (Fixture *f, gint64 sid, GPtrArray *items, const char *link, gboolean
   return stats;
 }
 
-static GPtrArray *
-take_work (Fixture *f)
-{
-  GError *error = NULL;
-  GPtrArray *work = store_work_next (f->store, 0, 10000, &error);
-  g_assert_no_error (error);
-  g_assert_nonnull (work);
-  return work;
-}
 
 static StoreWork *
 find_work (GPtrArray *work, const char *item_id)
@@ -70,18 +61,6 @@ work_index (GPtrArray *work, const char *item_id)
   g_assert_not_reached ();
 }
 
-/* Publishes one work item the way the engine would: a fresh cache object per content. */
-static void
-publish (Fixture *f, StoreWork *w, GPtrArray **stale)
-{
-  GError *error = NULL;
-  g_autofree char *object = NULL;
-  if ((w->action == STORE_ACTION_DOWNLOAD || w->action == STORE_ACTION_UPDATE) &&
-      w->item->kind == GRAPH_ITEM_FILE)
-    object = g_strdup_printf ("obj-%s-%s", w->item->id, w->item->quickxor_hash);
-  g_assert_true (store_work_publish (f->store, w, object, stale, &error));
-  g_assert_no_error (error);
-}
 
 static void
 publish_all (Fixture *f)
