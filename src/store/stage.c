@@ -1,15 +1,26 @@
 /* Staging a delta set and committing it: the heart of the invariant.
  *
- * A set is staged page by page into `staged` (one short transaction per page). Duplicates
- * collapse there: the row key is (source, drive, item) and INSERT OR REPLACE gives the newer
- * occurrence a new seq, so the last occurrence wins and keeps its place in page order.
+ * Staging
+ * -------
+ * A set is staged page by page IN MEMORY (one StageSet per source, under write_lock). It needs
+ * no durability: a set interrupted by a crash or a cancel is re-read from the old cursor
+ * anyway, which is the invariant. Duplicates collapse there, on the key (item id, drive id —
+ * the drive id compared without case, like the items table does): the newer occurrence
+ * replaces the older one and takes its place at the end, so the last occurrence wins and the
+ * set keeps page order.
  *
- * store_stage_commit is ONE transaction that, set-wise in SQL (no per-item round trips):
- *   1. gives an inode to every item never seen (so children can name parents that come
- *      later in the set: delta promises no order);
- *   2. resolves each item's mount parent from its parentReference.id — never from paths,
- *      which delta reports stale or not at all;
- *   3. decides the action against what the mount shows (the published columns):
+ * The commit
+ * ----------
+ * store_stage_commit is ONE transaction. It walks the set in C, looking each item up once by
+ * its remote key with a prepared statement, and decides everything about it there:
+ *   1. its inode: items already known keep theirs (a folder a synthetic directory stood for —
+ *      a source "/A/B" configured before "/" showed the real "A" — takes that directory over,
+ *      so the mount does not show two "A"s); new ones get theirs above every number ever
+ *      handed out, folders first, so a child can name a parent that comes later in the set
+ *      (delta promises no order);
+ *   2. its mount parent, from the parentReference.id chain: a folder of the set, else a known
+ *      item — never from paths, which delta reports stale or not at all;
+ *   3. its action, against what the mount shows (the published columns):
  *        never published            → DOWNLOAD (file) / MKDIR (folder)
  *        quickXorHash (else cTag, else size/mtime/eTag) differs → UPDATE
  *        same content, new name or parent → MOVE (file) / MKDIR (folder): metadata only
@@ -17,15 +28,24 @@
  *                                     target tree already holds this set's moves, so an item
  *                                     re-parented in the same set is not a descendant)
  *        nothing differs            → no work, and any older work for it is obsolete
- *      Tombstones for ids never seen match no row and do nothing. Items under an exclusion
+ *      Tombstones for ids never seen match nothing and do nothing. Items under an exclusion
  *      are recorded but not queued. A reconcile also deletes this source's items the set did
  *      not contain (server wins);
- *   4. queues the work (one row per item: UNIQUE(ino), so overlapping sources cannot queue an
- *      item twice) in an order that is safe to apply by ascending work id: deletes deepest
- *      first, then folders parents first, then moves, updates, downloads;
- *   5. stores the new cursor and clears the staged rows.
+ *   4. its row: the latest remote state becomes the target, written only when a column
+ *      differs (a full resync re-reports every item, mostly unchanged), content and position
+ *      in separate statements (naming an indexed column in SET rewrites its index entry);
+ *   5. its work (one row per item: UNIQUE(ino), so overlapping sources cannot queue an item
+ *      twice) in an order that is safe to apply by ascending work id: deletes deepest first,
+ *      then folders parents first, then moves, updates, downloads, each in set order.
+ * Then the new cursor is stored, and the staged set is dropped once the transaction commits.
  * Work that still applies keeps its id, attempts and backoff; work whose target changed gets a
  * new id, which also tells an in-flight publish of the old target that it was superseded.
+ *
+ * Why C and not SQL: the set-wise SQL version of these steps rewrote the whole set once per
+ * fact (inode, parent, action, keep ...) and joined it back to the items each time; the
+ * decision itself is a handful of comparisons. Rows are inserted and queued in batches of
+ * several rows per statement, which spreads a statement's fixed cost (AUTOINCREMENT
+ * bookkeeping, foreign-key set-up) over the batch. docs/benchmarks.md has the figures.
  */
 #include "config.h"
 
@@ -33,23 +53,84 @@
 
 #include <string.h>
 
-/* staged.action uses StoreAction values; NULL means nothing to do. */
 G_STATIC_ASSERT (STORE_ACTION_DOWNLOAD == 0 && STORE_ACTION_UPDATE == 1 && STORE_ACTION_MOVE == 2 &&
                  STORE_ACTION_DELETE == 3 && STORE_ACTION_MKDIR == 4);
 G_STATIC_ASSERT (STORE_KIND_FILE == 0 && STORE_KIND_DIR == 1);
 
 #define MAX_DEPTH 256
+#define NO_ACTION (-1)
+#define BATCH_ROWS 32
 
-gboolean
-store_stage_begin (Store *store, gint64 source_id, GError **error)
+/* ---- the staged set -------------------------------------------------------------------- */
+
+typedef struct {
+  /* As reported; strings live in the set's chunk. */
+  const char *item_id, *drive_id, *parent_id, *name, *etag, *ctag, *qxh, *name_problem;
+  gint64      size, mtime;
+  int         kind;          /* StoreKind */
+  gboolean    deleted;
+  gboolean    live;          /* FALSE once a later occurrence replaced it */
+
+  /* Decided by the commit, afresh at every attempt. Inode 0 is never handed out, so 0
+   * stands for "none" (SQL NULL). */
+  gint64      ino;
+  gint64      t_parent_ino;  /* the mount parent the set reports */
+  gint64      cur_t_parent;  /* the row's target parent once the commit wrote it */
+  gint64      work_action;   /* the queued work's action, when has_work */
+  int         state;         /* the row's state once the commit wrote it */
+  int         action;        /* StoreAction or NO_ACTION */
+  gboolean    anchored, is_new, has_work, keep, doomed;
+} Staged;
+
+typedef struct {
+  gint64        source_id;
+  GStringChunk *strings;
+  GPtrArray    *order;   /* Staged*, owned, in set order (replaced ones stay, not live) */
+  GHashTable   *by_key;  /* the live Staged* of each key (a set) */
+} StageSet;
+
+static guint
+staged_hash (gconstpointer p)
 {
-  g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&store->write_lock);
-  g_autoptr (StoreStmt) st = store_conn_stmt (store->writer,
-      "DELETE FROM staged WHERE source_id = ?1", error);
-  if (st == NULL)
-    return FALSE;
-  sqlite3_bind_int64 (st, 1, source_id);
-  return store_stmt_run (store->writer, st, "stage begin", error);
+  /* The item id alone: a set is nearly always of one drive, and the drive id is compared
+   * without case. */
+  return g_str_hash (((const Staged *) p)->item_id);
+}
+
+static gboolean
+staged_equal (gconstpointer a, gconstpointer b)
+{
+  const Staged *x = a, *y = b;
+  return strcmp (x->item_id, y->item_id) == 0 && g_ascii_strcasecmp (x->drive_id, y->drive_id) == 0;
+}
+
+static void
+stage_set_free (gpointer p)
+{
+  StageSet *set = p;
+  g_hash_table_destroy (set->by_key);
+  g_ptr_array_free (set->order, TRUE);
+  g_string_chunk_free (set->strings);
+  g_free (set);
+}
+
+void
+store_staging_free (Store *store)
+{
+  g_clear_pointer (&store->staging, g_hash_table_destroy);
+}
+
+static StageSet *
+stage_set_lookup (Store *store, gint64 source_id)
+{
+  return store->staging ? g_hash_table_lookup (store->staging, &source_id) : NULL;
+}
+
+static void
+stage_set_drop (Store *store, gint64 source_id)
+{
+  if (store->staging)
+    g_hash_table_remove (store->staging, &source_id);
 }
 
 static char *
@@ -67,46 +148,19 @@ source_drive (StoreConn *w, gint64 source_id, GError **error)
   return store_col_dup (st, 0);
 }
 
-static gboolean
-stage_add_locked (Store *store, gint64 source_id, GPtrArray *items, GError **error)
+gboolean
+store_stage_begin (Store *store, gint64 source_id, GError **error)
 {
-  StoreConn *w = store->writer;
-  g_autofree char *drive = source_drive (w, source_id, error);
-  if (drive == NULL)
-    return FALSE;
-  g_autoptr (StoreStmt) st = store_conn_stmt (w,
-      "INSERT OR REPLACE INTO staged (source_id, drive_id, item_id, parent_id, name, kind, deleted,"
-      " is_root, size, mtime, etag, ctag, qxh, name_problem)"
-      " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)", error);
-  if (st == NULL)
-    return FALSE;
-  for (guint i = 0; i < items->len; i++)
-    {
-      const GraphItem *it = items->pdata[i];
-      if (it == NULL || it->id == NULL)
-        continue;
-      /* Packages (OneNote) and shortcuts to other drives are not mirrored; their tombstones
-       * are staged like any other (harmless when the id was never seen). */
-      if (!it->deleted && (it->kind == GRAPH_ITEM_PACKAGE || it->kind == GRAPH_ITEM_REMOTE))
-        continue;
-      sqlite3_bind_int64 (st, 1, source_id);
-      sqlite3_bind_text (st, 2, it->drive_id ? it->drive_id : drive, -1, SQLITE_STATIC);
-      sqlite3_bind_text (st, 3, it->id, -1, SQLITE_STATIC);
-      sqlite3_bind_text (st, 4, it->parent_id, -1, SQLITE_STATIC);
-      sqlite3_bind_text (st, 5, it->name, -1, SQLITE_STATIC);
-      sqlite3_bind_int (st, 6, it->kind == GRAPH_ITEM_FOLDER || it->is_root ? STORE_KIND_DIR : STORE_KIND_FILE);
-      sqlite3_bind_int (st, 7, it->deleted ? 1 : 0);
-      sqlite3_bind_int (st, 8, it->is_root ? 1 : 0);
-      sqlite3_bind_int64 (st, 9, it->size);
-      sqlite3_bind_int64 (st, 10, it->mtime);
-      sqlite3_bind_text (st, 11, it->etag, -1, SQLITE_STATIC);
-      sqlite3_bind_text (st, 12, it->ctag, -1, SQLITE_STATIC);
-      sqlite3_bind_text (st, 13, it->quickxor_hash, -1, SQLITE_STATIC);
-      sqlite3_bind_text (st, 14, it->name_problem, -1, SQLITE_STATIC);
-      if (!store_stmt_run (w, st, "stage item", error))
-        return FALSE;
-    }
+  (void) error;
+  g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&store->write_lock);
+  stage_set_drop (store, source_id);
   return TRUE;
+}
+
+static const char *
+chunk_dup (GStringChunk *chunk, const char *s)
+{
+  return s ? g_string_chunk_insert (chunk, s) : NULL;
 }
 
 gboolean
@@ -114,62 +168,835 @@ store_stage_add (Store *store, gint64 source_id, GPtrArray *graph_items, GError 
 {
   g_return_val_if_fail (graph_items != NULL, FALSE);
   g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&store->write_lock);
-  if (!store_begin (store, error))
+  g_autofree char *drive = source_drive (store->writer, source_id, error);
+  if (drive == NULL)
     return FALSE;
-  if (!stage_add_locked (store, source_id, graph_items, error))
+  StageSet *set = stage_set_lookup (store, source_id);
+  if (set == NULL)
     {
-      store_rollback (store);
-      return FALSE;
+      if (store->staging == NULL)
+        store->staging = g_hash_table_new_full (g_int64_hash, g_int64_equal, NULL, stage_set_free);
+      set = g_new0 (StageSet, 1);
+      set->source_id = source_id;
+      set->strings = g_string_chunk_new (64 * 1024);
+      set->order = g_ptr_array_new_with_free_func (g_free);
+      set->by_key = g_hash_table_new (staged_hash, staged_equal);
+      g_hash_table_insert (store->staging, &set->source_id, set);
     }
-  return store_commit (store, error);
-}
-
-/* ---- commit ---------------------------------------------------------------------------- */
-
-/* A commit statement, its ?1 (when it has one) bound to the source. */
-static StoreStmt *
-source_stmt (StoreConn *w, const char *sql, gint64 source_id, GError **error)
-{
-  StoreStmt *st = store_conn_stmt (w, sql, error);
-  if (st != NULL && sqlite3_bind_parameter_count (st) >= 1)
-    sqlite3_bind_int64 (st, 1, source_id);
-  return st;
-}
-
-static gboolean
-run_sql (StoreConn *w, const char *sql, gint64 source_id, const char *what, int *changes,
-         GError **error)
-{
-  g_autoptr (StoreStmt) st = source_stmt (w, sql, source_id, error);
-  if (st == NULL)
-    return FALSE;
-  gint64 t0 = g_get_monotonic_time ();
-  if (!store_stmt_run (w, st, what, error))
-    return FALSE;
-  g_debug ("commit step %s: %.3f ms", what, (g_get_monotonic_time () - t0) / 1000.0);
-  if (changes)
-    *changes = sqlite3_changes (w->db);
+  const char *source_drive_id = g_string_chunk_insert_const (set->strings, drive);
+  for (guint i = 0; i < graph_items->len; i++)
+    {
+      const GraphItem *it = graph_items->pdata[i];
+      if (it == NULL || it->id == NULL)
+        continue;
+      /* Packages (OneNote) and shortcuts to other drives are not mirrored; their tombstones
+       * are staged like any other (harmless when the id was never seen). */
+      if (!it->deleted && (it->kind == GRAPH_ITEM_PACKAGE || it->kind == GRAPH_ITEM_REMOTE))
+        continue;
+      Staged *s = g_new0 (Staged, 1);
+      s->item_id = chunk_dup (set->strings, it->id);
+      s->drive_id = it->drive_id ? g_string_chunk_insert_const (set->strings, it->drive_id)
+                                 : source_drive_id;
+      s->parent_id = chunk_dup (set->strings, it->parent_id);
+      s->name = chunk_dup (set->strings, it->name);
+      s->etag = chunk_dup (set->strings, it->etag);
+      s->ctag = chunk_dup (set->strings, it->ctag);
+      s->qxh = chunk_dup (set->strings, it->quickxor_hash);
+      s->name_problem = chunk_dup (set->strings, it->name_problem);
+      s->size = it->size;
+      s->mtime = it->mtime;
+      s->kind = it->kind == GRAPH_ITEM_FOLDER || it->is_root ? STORE_KIND_DIR : STORE_KIND_FILE;
+      s->deleted = it->deleted;
+      s->live = TRUE;
+      Staged *older = g_hash_table_lookup (set->by_key, s);
+      if (older != NULL)
+        older->live = FALSE;
+      g_hash_table_replace (set->by_key, s, s);
+      g_ptr_array_add (set->order, s);
+    }
   return TRUE;
 }
 
-#define STEP(sql, what) \
-  G_STMT_START { if (!run_sql (w, sql, source_id, what, NULL, error)) return FALSE; } G_STMT_END
+/* ---- commit helpers -------------------------------------------------------------------- */
 
-/* A one-row, one-column query; ?1, when the query has it, is @source_id. */
 static gboolean
-query_int (StoreConn *w, const char *sql, gint64 source_id, const char *what, gint64 *out,
-           GError **error)
+streq0 (const char *a, const char *b)
 {
-  g_autoptr (StoreStmt) st = source_stmt (w, sql, source_id, error);
+  return a == b || (a != NULL && b != NULL && strcmp (a, b) == 0);
+}
+
+static void
+bind_ino (sqlite3_stmt *st, int col, gint64 ino)
+{
+  if (ino != 0)
+    sqlite3_bind_int64 (st, col, ino);
+  else
+    sqlite3_bind_null (st, col);
+}
+
+static const char *
+col_text (sqlite3_stmt *st, int col)
+{
+  return (const char *) sqlite3_column_text (st, col);
+}
+
+/* A statement of the commit that is not in the connection's cache (its text is built). */
+typedef sqlite3_stmt OwnStmt;
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (OwnStmt, sqlite3_finalize)
+
+static OwnStmt *
+prepare_own (StoreConn *w, const char *sql, GError **error)
+{
+  sqlite3_stmt *st = NULL;
+  int rc = sqlite3_prepare_v3 (w->db, sql, -1, 0, &st, NULL);
+  if (rc != SQLITE_OK)
+    {
+      store_set_sqlite_error (error, w, rc, "prepare");
+      return NULL;
+    }
+  return st;
+}
+
+/* "PREFIX (row),(row),..." with @rows copies of @row. */
+static char *
+multi_row_sql (const char *prefix, const char *row, guint rows)
+{
+  GString *sql = g_string_new (prefix);
+  for (guint i = 0; i < rows; i++)
+    g_string_append_printf (sql, "%s(%s)", i ? "," : "", row);
+  return g_string_free (sql, FALSE);
+}
+
+typedef struct {
+  gint64 ino;
+  int    action;
+} WorkRow;
+
+/* Queues @rows in their order (work ids ascending), BATCH_ROWS rows per statement. */
+static gboolean
+insert_work (StoreConn *w, gint64 source_id, GArray *rows, GError **error)
+{
+  const char *prefix = "INSERT OR REPLACE INTO work (ino, source_id, action) VALUES ";
+  for (guint done = 0; done < rows->len;)
+    {
+      guint n = MIN (BATCH_ROWS, rows->len - done);
+      g_autofree char *sql = multi_row_sql (prefix, "?,?,?", n);
+      g_autoptr (OwnStmt) st = prepare_own (w, sql, error);
+      if (st == NULL)
+        return FALSE;
+      while (rows->len - done >= n)
+        {
+          for (guint k = 0; k < n; k++)
+            {
+              const WorkRow *r = &g_array_index (rows, WorkRow, done + k);
+              sqlite3_bind_int64 (st, 3 * k + 1, r->ino);
+              sqlite3_bind_int64 (st, 3 * k + 2, source_id);
+              sqlite3_bind_int (st, 3 * k + 3, r->action);
+            }
+          if (!store_stmt_run (w, st, "queue work", error))
+            return FALSE;
+          done += n;
+        }
+    }
+  return TRUE;
+}
+
+#define ITEM_COLS 16
+
+/* New items, fully formed; until published they sit where they will show (invisible:
+ * state 0), so publishing a download does not have to move their directory entry.
+ * OR FAIL: a constraint failure stops the statement without undoing its earlier rows, which
+ * spares SQLite a statement journal for every batch (a fifth of the insert's cost); the
+ * caller rolls the whole transaction back on any error anyway. */
+static gboolean
+insert_new_items (StoreConn *w, gint64 source_id, GPtrArray *fresh, GError **error)
+{
+  const char *prefix =
+    "INSERT OR FAIL INTO items (ino, drive_id, item_id, source_id, kind, state, parent_id, t_parent_ino,"
+    " t_name, r_size, r_mtime, r_etag, r_ctag, r_qxh, r_name_problem, parent_ino, name) VALUES ";
+  for (guint done = 0; done < fresh->len;)
+    {
+      guint n = MIN (BATCH_ROWS, fresh->len - done);
+      g_autofree char *sql = multi_row_sql (prefix, "?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?", n);
+      g_autoptr (OwnStmt) st = prepare_own (w, sql, error);
+      if (st == NULL)
+        return FALSE;
+      while (fresh->len - done >= n)
+        {
+          for (guint k = 0; k < n; k++)
+            {
+              const Staged *s = fresh->pdata[done + k];
+              int c = (ITEM_COLS + 1) * k;
+              const char *name = s->name ? s->name : "";
+              sqlite3_bind_int64 (st, c + 1, s->ino);
+              sqlite3_bind_text (st, c + 2, s->drive_id, -1, SQLITE_STATIC);
+              sqlite3_bind_text (st, c + 3, s->item_id, -1, SQLITE_STATIC);
+              sqlite3_bind_int64 (st, c + 4, source_id);
+              sqlite3_bind_int (st, c + 5, s->kind);
+              sqlite3_bind_int (st, c + 6, s->state);
+              sqlite3_bind_text (st, c + 7, s->parent_id, -1, SQLITE_STATIC);
+              bind_ino (st, c + 8, s->t_parent_ino);
+              sqlite3_bind_text (st, c + 9, name, -1, SQLITE_STATIC);
+              sqlite3_bind_int64 (st, c + 10, MAX (s->size, 0));
+              sqlite3_bind_int64 (st, c + 11, s->mtime);
+              sqlite3_bind_text (st, c + 12, s->etag, -1, SQLITE_STATIC);
+              sqlite3_bind_text (st, c + 13, s->ctag, -1, SQLITE_STATIC);
+              sqlite3_bind_text (st, c + 14, s->qxh, -1, SQLITE_STATIC);
+              sqlite3_bind_text (st, c + 15, s->name_problem, -1, SQLITE_STATIC);
+              bind_ino (st, c + 16, s->t_parent_ino);
+              sqlite3_bind_text (st, c + 17, name, -1, SQLITE_STATIC);
+            }
+          if (!store_stmt_run (w, st, "new items", error))
+            return FALSE;
+          done += n;
+        }
+    }
+  return TRUE;
+}
+
+/* A one-row, one-column query; ?1, when the query has it, is @arg. */
+static gboolean
+query_int (StoreConn *w, const char *sql, gint64 arg, const char *what, gint64 *out, GError **error)
+{
+  g_autoptr (StoreStmt) st = store_conn_stmt (w, sql, error);
   if (st == NULL)
     return FALSE;
+  if (sqlite3_bind_parameter_count (st) >= 1)
+    sqlite3_bind_int64 (st, 1, arg);
   int rc = sqlite3_step (st);
   if (rc != SQLITE_ROW)
     {
+      /* Read as 0, a failed query would skip work and still move the cursor. */
       store_set_sqlite_error (error, w, rc, what);
       return FALSE;
     }
   *out = sqlite3_column_int64 (st, 0);
+  return TRUE;
+}
+
+/* Steps a lookup that returns at most one row: TRUE with *@found, or FALSE with @error. */
+static gboolean
+step_lookup (StoreConn *w, sqlite3_stmt *st, const char *what, gboolean *found, GError **error)
+{
+  int rc = sqlite3_step (st);
+  if (rc == SQLITE_ROW || rc == SQLITE_DONE)
+    {
+      *found = rc == SQLITE_ROW;
+      return TRUE;
+    }
+  store_set_sqlite_error (error, w, rc, what);
+  sqlite3_reset (st);
+  return FALSE;
+}
+
+/* ---- the commit ------------------------------------------------------------------------ */
+
+typedef struct {
+  Store      *store;
+  StoreConn  *w;
+  gint64      source_id;
+  StageSet   *set;
+  gboolean    queue_nonempty;   /* work existed before this commit */
+  gint64      next_ino;
+  GHashTable *parents;          /* "item id\ndrive id" → known ino (0: unknown), gint64* */
+  GPtrArray  *fresh;            /* Staged*, new items in set order */
+} Commit;
+
+/* The live staged item with this key, if any. */
+static Staged *
+set_find (StageSet *set, const char *item_id, const char *drive_id)
+{
+  if (set == NULL || item_id == NULL || drive_id == NULL)
+    return NULL;
+  Staged probe = { .item_id = item_id, .drive_id = drive_id };
+  return g_hash_table_lookup (set->by_key, &probe);
+}
+
+static gboolean
+in_set_alive (StageSet *set, const char *item_id, const char *drive_id)
+{
+  Staged *s = set_find (set, item_id, drive_id);
+  return s != NULL && !s->deleted;
+}
+
+/* The inode of a known item by remote key (0 if unknown), for parents outside the set. */
+static gboolean
+known_parent (Commit *c, const char *item_id, const char *drive_id, gint64 *ino, GError **error)
+{
+  g_autofree char *key = g_strconcat (item_id, "\n", drive_id, NULL);
+  for (char *p = key + strlen (item_id) + 1; *p; p++)
+    *p = g_ascii_tolower (*p);
+  gint64 *cached = g_hash_table_lookup (c->parents, key);
+  if (cached != NULL)
+    {
+      *ino = *cached;
+      return TRUE;
+    }
+  g_autoptr (StoreStmt) st = store_conn_stmt (c->w,
+      "SELECT ino FROM items WHERE item_id = ?1 AND drive_id = ?2", error);
+  if (st == NULL)
+    return FALSE;
+  sqlite3_bind_text (st, 1, item_id, -1, SQLITE_STATIC);
+  sqlite3_bind_text (st, 2, drive_id, -1, SQLITE_STATIC);
+  gboolean found = FALSE;
+  if (!step_lookup (c->w, st, "parent", &found, error))
+    return FALSE;
+  *ino = found ? sqlite3_column_int64 (st, 0) : 0;
+  g_hash_table_insert (c->parents, g_steal_pointer (&key), g_memdup2 (ino, sizeof *ino));
+  return TRUE;
+}
+
+static gboolean
+resolve_parent (Commit *c, Staged *s, GError **error)
+{
+  s->t_parent_ino = 0;
+  if (s->parent_id == NULL)
+    return TRUE;
+  Staged *p = set_find (c->set, s->parent_id, s->drive_id);
+  if (p != NULL && p->kind == STORE_KIND_DIR && p->ino != 0)
+    {
+      s->t_parent_ino = p->ino;
+      return TRUE;
+    }
+  return known_parent (c, s->parent_id, s->drive_id, &s->t_parent_ino, error);
+}
+
+/* The set's folders get their inodes first, so their children find them whatever the order. */
+static gboolean
+place_folders (Commit *c, GError **error)
+{
+  StoreConn *w = c->w;
+  g_autoptr (StoreStmt) find = store_conn_stmt (w,
+      "SELECT ino FROM items WHERE item_id = ?1 AND drive_id = ?2", error);
+  if (find == NULL)
+    return FALSE;
+  guint unknown = 0;
+  for (guint i = 0; i < c->set->order->len; i++)
+    {
+      Staged *s = c->set->order->pdata[i];
+      if (!s->live || s->kind != STORE_KIND_DIR)
+        continue;
+      sqlite3_bind_text (find, 1, s->item_id, -1, SQLITE_STATIC);
+      sqlite3_bind_text (find, 2, s->drive_id, -1, SQLITE_STATIC);
+      gboolean found = FALSE;
+      if (!step_lookup (w, find, "folder", &found, error))
+        return FALSE;
+      s->ino = found ? sqlite3_column_int64 (find, 0) : 0;
+      sqlite3_reset (find);
+      unknown += !found && !s->deleted;
+    }
+
+  /* Synthetic directories the set's new folders stand for, parents before children: a round
+   * binds what the previous one made reachable. */
+  gint64 synthetic = 0;
+  if (unknown > 0 &&
+      !query_int (w, "SELECT EXISTS (SELECT 1 FROM items WHERE item_id IS NULL AND ino <> 1)", 0,
+                  "synthetic folders", &synthetic, error))
+    return FALSE;
+  g_autoptr (StoreStmt) child = !synthetic ? NULL : store_conn_stmt (w,
+      "SELECT ino FROM items WHERE item_id IS NULL AND ino <> 1 AND t_parent_ino = ?1"
+      " AND t_name = ?2", error);
+  g_autoptr (StoreStmt) bind = !synthetic ? NULL : store_conn_stmt (w,
+      "UPDATE items SET drive_id = ?2, item_id = ?3, source_id = ?4, anchored = 0, parent_id = ?5"
+      " WHERE ino = ?1", error);
+  g_autoptr (StoreStmt) parent = !synthetic ? NULL : store_conn_stmt (w,
+      "SELECT ino FROM items WHERE item_id = ?1 AND drive_id = ?2", error);
+  if (synthetic && (child == NULL || bind == NULL || parent == NULL))
+    return FALSE;
+  for (int round = 0; synthetic && round < MAX_DEPTH; round++)
+    {
+      guint bound = 0;
+      for (guint i = 0; i < c->set->order->len; i++)
+        {
+          Staged *s = c->set->order->pdata[i];
+          if (!s->live || s->kind != STORE_KIND_DIR || s->deleted || s->ino != 0 ||
+              s->parent_id == NULL || s->name == NULL)
+            continue;
+          /* Not through the parent cache: a parent bound in this round is known only now. */
+          sqlite3_bind_text (parent, 1, s->parent_id, -1, SQLITE_STATIC);
+          sqlite3_bind_text (parent, 2, s->drive_id, -1, SQLITE_STATIC);
+          gboolean found = FALSE;
+          if (!step_lookup (w, parent, "synthetic parent", &found, error))
+            return FALSE;
+          gint64 pino = found ? sqlite3_column_int64 (parent, 0) : 0;
+          sqlite3_reset (parent);
+          if (!found)
+            continue;
+          sqlite3_bind_int64 (child, 1, pino);
+          sqlite3_bind_text (child, 2, s->name, -1, SQLITE_STATIC);
+          if (!step_lookup (w, child, "synthetic folder", &found, error))
+            return FALSE;
+          gint64 ino = found ? sqlite3_column_int64 (child, 0) : 0;
+          sqlite3_reset (child);
+          if (!found)
+            continue;
+          sqlite3_bind_int64 (bind, 1, ino);
+          sqlite3_bind_text (bind, 2, s->drive_id, -1, SQLITE_STATIC);
+          sqlite3_bind_text (bind, 3, s->item_id, -1, SQLITE_STATIC);
+          sqlite3_bind_int64 (bind, 4, c->source_id);
+          sqlite3_bind_text (bind, 5, s->parent_id, -1, SQLITE_STATIC);
+          if (!store_stmt_run (w, bind, "bind synthetic", error))
+            return FALSE;
+          s->ino = ino;
+          bound++;
+        }
+      if (bound == 0)
+        break;
+    }
+
+  /* New inodes start above every number ever handed out (AUTOINCREMENT's high-water mark). */
+  gint64 base = 0;
+  if (!query_int (w, "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'items'), 0),"
+                     "  coalesce((SELECT max(ino) FROM items), 0))",
+                  0, "inode high-water mark", &base, error))
+    return FALSE;
+  c->next_ino = base + 1;
+  for (guint i = 0; i < c->set->order->len; i++)
+    {
+      Staged *s = c->set->order->pdata[i];
+      if (s->live && s->kind == STORE_KIND_DIR && s->ino == 0 && !s->deleted)
+        {
+          s->ino = c->next_ino++;
+          s->is_new = TRUE;
+        }
+    }
+  return TRUE;
+}
+
+/* The columns of an item row the decision reads, valid while the lookup is on its row. */
+enum {
+  R_INO, R_ANCHORED, R_KIND, R_STATE, R_T_PARENT, R_T_NAME, R_PARENT_ID, R_SOURCE, R_R_SIZE,
+  R_R_MTIME, R_R_ETAG, R_R_CTAG, R_R_QXH, R_R_NAME_PROBLEM, R_PARENT, R_NAME, R_SIZE, R_MTIME,
+  R_ETAG, R_CTAG, R_QXH
+};
+
+static gboolean
+content_differs (const Staged *s, sqlite3_stmt *r)
+{
+  gboolean size_differs = s->size >= 0 && s->size != sqlite3_column_int64 (r, R_SIZE);
+  const char *qxh = col_text (r, R_QXH);
+  if (s->qxh != NULL && qxh != NULL)
+    return strcmp (s->qxh, qxh) != 0 || size_differs;
+  const char *ctag = col_text (r, R_CTAG);
+  if (s->ctag != NULL && ctag != NULL)
+    return strcmp (s->ctag, ctag) != 0 || size_differs;
+  return size_differs || s->mtime != sqlite3_column_int64 (r, R_MTIME) ||
+         !streq0 (s->etag, col_text (r, R_ETAG));
+}
+
+static int
+decide_action (const Staged *s, sqlite3_stmt *r)
+{
+  int state = sqlite3_column_int (r, R_STATE), kind = sqlite3_column_int (r, R_KIND);
+  gboolean anchored = sqlite3_column_int (r, R_ANCHORED);
+  if (state == ITEM_EXCLUDED)
+    return NO_ACTION;
+  if (s->deleted)
+    return anchored ? NO_ACTION : STORE_ACTION_DELETE;
+  if (anchored)
+    return state == ITEM_PUBLISHED ? NO_ACTION : STORE_ACTION_MKDIR;
+  if (state != ITEM_PUBLISHED)
+    return kind == STORE_KIND_DIR ? STORE_ACTION_MKDIR : STORE_ACTION_DOWNLOAD;
+  if (kind == STORE_KIND_FILE && content_differs (s, r))
+    return STORE_ACTION_UPDATE;
+  gint64 parent = sqlite3_column_int64 (r, R_PARENT);
+  if (!streq0 (col_text (r, R_NAME), s->name ? s->name : "") || parent != s->t_parent_ino)
+    return kind == STORE_KIND_DIR ? STORE_ACTION_MKDIR : STORE_ACTION_MOVE;
+  return NO_ACTION;
+}
+
+/* One known item: its action, whether its queued work still applies, and its row brought
+ * to the set's state (only the columns that differ are written). */
+static gboolean
+apply_known (Commit *c, Staged *s, sqlite3_stmt *r, GError **error)
+{
+  StoreConn *w = c->w;
+  s->anchored = sqlite3_column_int (r, R_ANCHORED);
+  s->state = sqlite3_column_int (r, R_STATE);
+  s->cur_t_parent = sqlite3_column_int64 (r, R_T_PARENT);
+  s->action = decide_action (s, r);
+  gint64 r_size = MAX (s->size, 0);
+
+  if (s->action != NO_ACTION && s->has_work && s->work_action == s->action)
+    s->keep = (s->action != STORE_ACTION_DOWNLOAD && s->action != STORE_ACTION_UPDATE) ||
+              (streq0 (col_text (r, R_R_QXH), s->qxh) && streq0 (col_text (r, R_R_CTAG), s->ctag) &&
+               sqlite3_column_int64 (r, R_R_SIZE) == r_size);
+  if (s->deleted)
+    return TRUE;
+
+  /* The latest remote state becomes the target; an unchanged published item also takes its
+   * new mtime and tags (same bytes, same place: no work). */
+  const char *name_problem = s->anchored ? NULL : s->name_problem;
+  gboolean touch = s->action == NO_ACTION && s->state == ITEM_PUBLISHED && !s->anchored;
+  gboolean target = sqlite3_column_int64 (r, R_SOURCE) != c->source_id ||
+      sqlite3_column_int64 (r, R_R_SIZE) != r_size || sqlite3_column_int64 (r, R_R_MTIME) != s->mtime ||
+      !streq0 (col_text (r, R_R_ETAG), s->etag) || !streq0 (col_text (r, R_R_CTAG), s->ctag) ||
+      !streq0 (col_text (r, R_R_QXH), s->qxh) ||
+      !streq0 (col_text (r, R_R_NAME_PROBLEM), name_problem) ||
+      (touch && (sqlite3_column_int64 (r, R_MTIME) != s->mtime ||
+                 !streq0 (col_text (r, R_ETAG), s->etag) || !streq0 (col_text (r, R_CTAG), s->ctag)));
+  /* Configured folders keep their place. */
+  const char *name = s->name ? s->name : "";
+  gboolean move = !s->anchored &&
+      (s->cur_t_parent != s->t_parent_ino || !streq0 (col_text (r, R_T_NAME), name) ||
+       !streq0 (col_text (r, R_PARENT_ID), s->parent_id) ||
+       (s->state != ITEM_PUBLISHED && (sqlite3_column_int64 (r, R_PARENT) != s->t_parent_ino ||
+                                       !streq0 (col_text (r, R_NAME), name))));
+  sqlite3_reset (r);  /* the row's text is not used past this point */
+
+  if (target)
+    {
+      g_autoptr (StoreStmt) st = store_conn_stmt (w,
+          "UPDATE items SET source_id = ?2, r_size = ?3, r_mtime = ?4, r_etag = ?5, r_ctag = ?6,"
+          " r_qxh = ?7, r_name_problem = ?8, mtime = CASE WHEN ?9 THEN ?4 ELSE mtime END,"
+          " etag = CASE WHEN ?9 THEN ?5 ELSE etag END, ctag = CASE WHEN ?9 THEN ?6 ELSE ctag END"
+          " WHERE ino = ?1", error);
+      if (st == NULL)
+        return FALSE;
+      sqlite3_bind_int64 (st, 1, s->ino);
+      sqlite3_bind_int64 (st, 2, c->source_id);
+      sqlite3_bind_int64 (st, 3, r_size);
+      sqlite3_bind_int64 (st, 4, s->mtime);
+      sqlite3_bind_text (st, 5, s->etag, -1, SQLITE_STATIC);
+      sqlite3_bind_text (st, 6, s->ctag, -1, SQLITE_STATIC);
+      sqlite3_bind_text (st, 7, s->qxh, -1, SQLITE_STATIC);
+      sqlite3_bind_text (st, 8, name_problem, -1, SQLITE_STATIC);
+      sqlite3_bind_int (st, 9, touch);
+      if (!store_stmt_run (w, st, "targets", error))
+        return FALSE;
+    }
+  if (move)
+    {
+      /* Until published, an item sits where it will show; a published one keeps showing where
+       * it is until its MOVE or MKDIR is applied. */
+      g_autoptr (StoreStmt) st = s->state == ITEM_PUBLISHED
+        ? store_conn_stmt (w, "UPDATE items SET parent_id = ?2, t_parent_ino = ?3, t_name = ?4"
+                              " WHERE ino = ?1", error)
+        : store_conn_stmt (w, "UPDATE items SET parent_id = ?2, t_parent_ino = ?3, t_name = ?4,"
+                              " parent_ino = ?3, name = ?4 WHERE ino = ?1", error);
+      if (st == NULL)
+        return FALSE;
+      sqlite3_bind_int64 (st, 1, s->ino);
+      sqlite3_bind_text (st, 2, s->parent_id, -1, SQLITE_STATIC);
+      bind_ino (st, 3, s->t_parent_ino);
+      sqlite3_bind_text (st, 4, name, -1, SQLITE_STATIC);
+      if (!store_stmt_run (w, st, "moves", error))
+        return FALSE;
+    }
+  if (!s->anchored)
+    s->cur_t_parent = s->t_parent_ino;
+  return TRUE;
+}
+
+/* Every live item: parent, row, action; new items are collected for one batched insert. */
+static gboolean
+decide_items (Commit *c, GError **error)
+{
+  StoreConn *w = c->w;
+  g_autoptr (StoreStmt) find = store_conn_stmt (w,
+      "SELECT ino, anchored, kind, state, t_parent_ino, t_name, parent_id, source_id, r_size,"
+      " r_mtime, r_etag, r_ctag, r_qxh, r_name_problem, parent_ino, name, size, mtime, etag, ctag,"
+      " qxh FROM items WHERE item_id = ?1 AND drive_id = ?2", error);
+  g_autoptr (StoreStmt) queued = !c->queue_nonempty ? NULL : store_conn_stmt (w,
+      "SELECT action FROM work WHERE ino = ?1", error);
+  if (find == NULL || (c->queue_nonempty && queued == NULL))
+    return FALSE;
+  for (guint i = 0; i < c->set->order->len; i++)
+    {
+      Staged *s = c->set->order->pdata[i];
+      if (!s->live)
+        continue;
+      if (!resolve_parent (c, s, error))
+        return FALSE;
+      if (s->is_new)  /* a new folder: its inode is from place_folders */
+        {
+          s->action = STORE_ACTION_MKDIR;
+          s->cur_t_parent = s->t_parent_ino;
+          g_ptr_array_add (c->fresh, s);
+          continue;
+        }
+      sqlite3_bind_text (find, 1, s->item_id, -1, SQLITE_STATIC);
+      sqlite3_bind_text (find, 2, s->drive_id, -1, SQLITE_STATIC);
+      gboolean found = FALSE;
+      if (!step_lookup (w, find, "match items", &found, error))
+        return FALSE;
+      if (!found)
+        {
+          sqlite3_reset (find);
+          if (s->deleted)  /* a tombstone for an id never seen */
+            continue;
+          s->ino = c->next_ino++;
+          s->is_new = TRUE;
+          s->action = STORE_ACTION_DOWNLOAD;
+          s->cur_t_parent = s->t_parent_ino;
+          g_ptr_array_add (c->fresh, s);
+          continue;
+        }
+      s->ino = sqlite3_column_int64 (find, R_INO);
+      if (queued != NULL)
+        {
+          sqlite3_bind_int64 (queued, 1, s->ino);
+          gboolean has = FALSE;
+          if (!step_lookup (w, queued, "queued work", &has, error))
+            return FALSE;
+          s->has_work = has;
+          s->work_action = has ? sqlite3_column_int64 (queued, 0) : 0;
+          sqlite3_reset (queued);
+        }
+      if (!apply_known (c, s, find, error))
+        return FALSE;
+      sqlite3_reset (find);
+    }
+  return TRUE;
+}
+
+/* New, failed or filtered items below an excluded folder are recorded as excluded, not
+ * queued; an exclusion reaches down through the set's own new folders. */
+static gboolean
+apply_exclusions (Commit *c, GError **error)
+{
+  StoreConn *w = c->w;
+  gint64 any = 0;
+  if (!query_int (w, "SELECT EXISTS (SELECT 1 FROM items WHERE state = 2)", 0, "exclusions", &any, error))
+    return FALSE;
+  if (!any)
+    return TRUE;
+  g_autoptr (GHashTable) excluded = g_hash_table_new_full (g_int64_hash, g_int64_equal, g_free, NULL);
+  {
+    g_autoptr (StoreStmt) st = store_conn_stmt (w, "SELECT ino FROM items WHERE state = 2", error);
+    if (st == NULL)
+      return FALSE;
+    int rc;
+    while ((rc = sqlite3_step (st)) == SQLITE_ROW)
+      {
+        gint64 ino = sqlite3_column_int64 (st, 0);
+        g_hash_table_add (excluded, g_memdup2 (&ino, sizeof ino));
+      }
+    if (rc != SQLITE_DONE)
+      {
+        store_set_sqlite_error (error, w, rc, "exclusions");
+        return FALSE;
+      }
+  }
+  g_autoptr (StoreStmt) mark = store_conn_stmt (w, "UPDATE items SET state = 2 WHERE ino = ?1", error);
+  if (mark == NULL)
+    return FALSE;
+  for (int round = 0; round < MAX_DEPTH; round++)
+    {
+      guint changed = 0;
+      for (guint i = 0; i < c->set->order->len; i++)
+        {
+          Staged *s = c->set->order->pdata[i];
+          if (!s->live || s->ino == 0 || s->cur_t_parent == 0 ||
+              (s->state != ITEM_PENDING && s->state != ITEM_FAILED && s->state != ITEM_FILTERED) ||
+              !g_hash_table_contains (excluded, &s->cur_t_parent))
+            continue;
+          s->state = ITEM_EXCLUDED;
+          g_hash_table_add (excluded, g_memdup2 (&s->ino, sizeof s->ino));
+          changed++;
+          if (!s->is_new)  /* new rows are inserted with their state */
+            {
+              sqlite3_bind_int64 (mark, 1, s->ino);
+              if (!store_stmt_run (w, mark, "exclusions", error))
+                return FALSE;
+            }
+        }
+      if (changed == 0)
+        break;
+    }
+  for (guint i = 0; i < c->set->order->len; i++)
+    {
+      Staged *s = c->set->order->pdata[i];
+      if (s->live && !s->deleted && s->action != NO_ACTION && g_hash_table_contains (excluded, &s->ino))
+        {
+          s->action = NO_ACTION;
+          s->keep = FALSE;
+        }
+    }
+  return TRUE;
+}
+
+/* Work that no longer applies: the item is back to what the mount shows, or excluded. */
+static gboolean
+drop_obsolete_work (Commit *c, GError **error)
+{
+  if (!c->queue_nonempty)
+    return TRUE;
+  g_autoptr (StoreStmt) st = store_conn_stmt (c->w, "DELETE FROM work WHERE ino = ?1", error);
+  if (st == NULL)
+    return FALSE;
+  for (guint i = 0; i < c->set->order->len; i++)
+    {
+      Staged *s = c->set->order->pdata[i];
+      if (!s->live || s->ino == 0 || s->action != NO_ACTION || !s->has_work)
+        continue;
+      sqlite3_bind_int64 (st, 1, s->ino);
+      if (!store_stmt_run (c->w, st, "obsolete work", error))
+        return FALSE;
+    }
+  return TRUE;
+}
+
+typedef struct {
+  gint64 ino;
+  int    depth;
+  int    state;
+  gboolean anchored;
+} Doomed;
+
+static int
+doomed_cmp (gconstpointer a, gconstpointer b)
+{
+  const Doomed *x = *(Doomed *const *) a, *y = *(Doomed *const *) b;
+  if (x->depth != y->depth)
+    return x->depth > y->depth ? -1 : 1;  /* deepest first */
+  return x->ino < y->ino ? -1 : x->ino > y->ino;
+}
+
+static Doomed *
+doom (GHashTable *doomed, gint64 ino, int depth, int state, gboolean anchored)
+{
+  Doomed *d = g_hash_table_lookup (doomed, &ino);
+  if (d != NULL)
+    return d;
+  d = g_new (Doomed, 1);
+  *d = (Doomed) { ino, depth, state, anchored };
+  g_hash_table_insert (doomed, &d->ino, d);
+  return d;
+}
+
+/* Tombstones, a reconcile's leftovers, and what they contain, with their depth below the
+ * outermost of them (deepest is deleted first). */
+static gboolean
+collect_doomed (Commit *c, gboolean reconcile, GHashTable *doomed, GError **error)
+{
+  StoreConn *w = c->w;
+  for (guint i = 0; i < c->set->order->len; i++)
+    {
+      Staged *s = c->set->order->pdata[i];
+      if (s->live && s->deleted && s->ino != 0)
+        doom (doomed, s->ino, 0, s->state, s->anchored);
+    }
+  if (reconcile)
+    {
+      g_autoptr (StoreStmt) st = store_conn_stmt (w,
+          "SELECT ino, item_id, drive_id, state FROM items WHERE +source_id = ?1 AND anchored = 0", error);
+      if (st == NULL)
+        return FALSE;
+      sqlite3_bind_int64 (st, 1, c->source_id);
+      int rc;
+      while ((rc = sqlite3_step (st)) == SQLITE_ROW)
+        if (!in_set_alive (c->set, col_text (st, 1), col_text (st, 2)))
+          doom (doomed, sqlite3_column_int64 (st, 0), 0, sqlite3_column_int (st, 3), FALSE);
+      if (rc != SQLITE_DONE)
+        {
+          store_set_sqlite_error (error, w, rc, "reconcile");
+          return FALSE;
+        }
+    }
+  if (g_hash_table_size (doomed) == 0)
+    return TRUE;
+
+  /* The cascade, along the target tree (which already holds this set's moves). An item the
+   * set reports alive is not a descendant: it was moved out, or is new. A depth grows when a
+   * longer path reaches it, and is walked again from there. */
+  g_autoptr (StoreStmt) children = store_conn_stmt (w,
+      "SELECT ino, item_id, drive_id, state FROM items WHERE t_parent_ino = ?1 AND anchored = 0", error);
+  if (children == NULL)
+    return FALSE;
+  g_autoptr (GQueue) todo = g_queue_new ();
+  GHashTableIter iter;
+  gpointer value;
+  g_hash_table_iter_init (&iter, doomed);
+  while (g_hash_table_iter_next (&iter, NULL, &value))
+    g_queue_push_tail (todo, value);
+  g_autoptr (GArray) found = g_array_new (FALSE, FALSE, sizeof (Doomed));
+  Doomed *d;
+  while ((d = g_queue_pop_head (todo)) != NULL)
+    {
+      if (d->depth >= MAX_DEPTH)
+        continue;
+      int depth = d->depth + 1;
+      sqlite3_bind_int64 (children, 1, d->ino);
+      g_array_set_size (found, 0);
+      int rc;
+      while ((rc = sqlite3_step (children)) == SQLITE_ROW)
+        if (!in_set_alive (c->set, col_text (children, 1), col_text (children, 2)))
+          {
+            Doomed child = { sqlite3_column_int64 (children, 0), depth, sqlite3_column_int (children, 3), FALSE };
+            g_array_append_val (found, child);
+          }
+      sqlite3_reset (children);
+      if (rc != SQLITE_DONE)
+        {
+          store_set_sqlite_error (error, w, rc, "cascade");
+          return FALSE;
+        }
+      for (guint k = 0; k < found->len; k++)
+        {
+          Doomed *child = &g_array_index (found, Doomed, k);
+          Doomed *known = g_hash_table_lookup (doomed, &child->ino);
+          if (known == NULL)
+            g_queue_push_tail (todo, doom (doomed, child->ino, depth, child->state, FALSE));
+          else if (known->depth < depth)
+            {
+              known->depth = depth;
+              g_queue_push_tail (todo, known);
+            }
+        }
+    }
+  return TRUE;
+}
+
+/* Deletes (deepest first) for the doomed items the mount shows or may show; excluded and
+ * filtered ones have nothing on disk and nothing in the mount: they are forgotten now. */
+static gboolean
+queue_deletes (Commit *c, GHashTable *doomed, GArray *work, guint *deletes, GError **error)
+{
+  StoreConn *w = c->w;
+  g_autoptr (GPtrArray) order = g_ptr_array_new ();
+  GHashTableIter iter;
+  gpointer value;
+  g_hash_table_iter_init (&iter, doomed);
+  while (g_hash_table_iter_next (&iter, NULL, &value))
+    if (!((Doomed *) value)->anchored)
+      g_ptr_array_add (order, value);
+  g_ptr_array_sort (order, doomed_cmp);
+  g_autoptr (StoreStmt) queued = !c->queue_nonempty ? NULL : store_conn_stmt (w,
+      "SELECT 1 FROM work WHERE ino = ?1 AND action = 3", error);
+  g_autoptr (StoreStmt) forget = store_conn_stmt (w, "DELETE FROM items WHERE ino = ?1", error);
+  if (forget == NULL || (c->queue_nonempty && queued == NULL))
+    return FALSE;
+  *deletes = 0;
+  for (guint i = 0; i < order->len; i++)
+    {
+      const Doomed *d = order->pdata[i];
+      if (d->state == ITEM_EXCLUDED || d->state == ITEM_FILTERED)
+        continue;
+      (*deletes)++;
+      gboolean already = FALSE;
+      if (queued != NULL)
+        {
+          sqlite3_bind_int64 (queued, 1, d->ino);
+          if (!step_lookup (w, queued, "queued delete", &already, error))
+            return FALSE;
+          sqlite3_reset (queued);
+        }
+      if (!already)
+        g_array_append_val (work, ((WorkRow) { d->ino, STORE_ACTION_DELETE }));
+    }
+  if (!insert_work (w, c->source_id, work, error))
+    return FALSE;
+  g_array_set_size (work, 0);
+  for (guint i = 0; i < order->len; i++)
+    {
+      const Doomed *d = order->pdata[i];
+      if (d->state != ITEM_EXCLUDED && d->state != ITEM_FILTERED)
+        continue;
+      sqlite3_bind_int64 (forget, 1, d->ino);
+      if (!store_stmt_run (w, forget, "excluded deletes", error))
+        return FALSE;
+    }
   return TRUE;
 }
 
@@ -189,29 +1016,16 @@ dir_cmp (gconstpointer a, gconstpointer b)
 }
 
 /* New or moved folders, parents before children: depth within the set's own folders. */
-static gboolean
-queue_mkdirs (StoreConn *w, gint64 source_id, guint *count, GError **error)
+static void
+queue_mkdirs (Commit *c, GArray *work)
 {
   g_autoptr (GArray) dirs = g_array_new (FALSE, FALSE, sizeof (Dir));
-  {
-    g_autoptr (StoreStmt) st = store_conn_stmt (w,
-        "SELECT ino, t_parent_ino FROM staged WHERE +source_id = ?1 AND action = 4 AND keep = 0"
-        " AND ino NOT IN (SELECT ino FROM temp.doomed)", error);
-    if (st == NULL)
-      return FALSE;
-    sqlite3_bind_int64 (st, 1, source_id);
-    int rc;
-    while ((rc = sqlite3_step (st)) == SQLITE_ROW)
-      {
-        Dir d = { sqlite3_column_int64 (st, 0), sqlite3_column_int64 (st, 1), -1 };
-        g_array_append_val (dirs, d);
-      }
-    if (rc != SQLITE_DONE)
-      {
-        store_set_sqlite_error (error, w, rc, "folders");
-        return FALSE;
-      }
-  }
+  for (guint i = 0; i < c->set->order->len; i++)
+    {
+      Staged *s = c->set->order->pdata[i];
+      if (s->live && s->action == STORE_ACTION_MKDIR && !s->keep && !s->doomed)
+        g_array_append_val (dirs, ((Dir) { s->ino, s->t_parent_ino, -1 }));
+    }
   g_autoptr (GHashTable) index = g_hash_table_new (g_int64_hash, g_int64_equal);
   for (guint i = 0; i < dirs->len; i++)
     g_hash_table_insert (index, &g_array_index (dirs, Dir, i).ino, &g_array_index (dirs, Dir, i));
@@ -232,20 +1046,19 @@ queue_mkdirs (StoreConn *w, gint64 source_id, guint *count, GError **error)
         chain[k]->depth = base++;
     }
   g_array_sort (dirs, dir_cmp);
-
-  g_autoptr (StoreStmt) ins = store_conn_stmt (w,
-      "INSERT OR REPLACE INTO work (ino, source_id, action) VALUES (?1, ?2, 4)", error);
-  if (ins == NULL)
-    return FALSE;
   for (guint i = 0; i < dirs->len; i++)
+    g_array_append_val (work, ((WorkRow) { g_array_index (dirs, Dir, i).ino, STORE_ACTION_MKDIR }));
+}
+
+static void
+queue_action (Commit *c, int action, GArray *work)
+{
+  for (guint i = 0; i < c->set->order->len; i++)
     {
-      sqlite3_bind_int64 (ins, 1, g_array_index (dirs, Dir, i).ino);
-      sqlite3_bind_int64 (ins, 2, source_id);
-      if (!store_stmt_run (w, ins, "queue folder", error))
-        return FALSE;
+      Staged *s = c->set->order->pdata[i];
+      if (s->live && s->action == action && !s->keep && !s->doomed)
+        g_array_append_val (work, ((WorkRow) { s->ino, action }));
     }
-  *count = dirs->len;
-  return TRUE;
 }
 
 static gboolean
@@ -256,332 +1069,85 @@ commit_locked (Store *store, gint64 source_id, const char *delta_link, gboolean 
   g_autofree char *drive = source_drive (w, source_id, error);
   if (drive == NULL)
     return FALSE;
-
-  if (!store_conn_exec (w, "DELETE FROM temp.doomed;", error))
-    return FALSE;
-
-  /* 1. Items already known keep their inode; new ones get theirs now, above every number
-   *    ever handed out (AUTOINCREMENT's high-water mark), so an inode is never reused and a
-   *    child can name a parent that comes later in the set. */
-  int matched = 0, bound = 0;
-  guint known_tombstones = 0;
-  if (!run_sql (w, "UPDATE staged SET ino = i.ino FROM items i WHERE +staged.source_id = ?1"
-                   " AND i.drive_id = staged.drive_id AND i.item_id = staged.item_id",
-                source_id, "match items", &matched, error))
-    return FALSE;
-  /* A folder that a synthetic directory stands for (a source "/A/B" configured before "/"
-   * showed the real "A") takes that directory over, so the mount does not show two "A"s. */
-  {
-    gint64 synthetic = 0;
-    if (!query_int (w, "SELECT EXISTS (SELECT 1 FROM items WHERE item_id IS NULL AND ino <> 1)",
-                    source_id, "synthetic folders", &synthetic, error))
-      return FALSE;
-    for (int round = 0; synthetic && round < MAX_DEPTH; round++)
-      {
-        int changes = 0;
-        if (!run_sql (w, "UPDATE items SET drive_id = s.drive_id, item_id = s.item_id,"
-                         " source_id = ?1, anchored = 0, parent_id = s.parent_id"
-                         " FROM staged s WHERE +s.source_id = ?1 AND s.ino IS NULL AND s.deleted = 0"
-                         " AND s.kind = 1 AND items.item_id IS NULL AND items.ino <> 1"
-                         " AND items.t_name = s.name AND items.t_parent_ino ="
-                         "  (SELECT p.ino FROM items p WHERE p.drive_id = s.drive_id"
-                         "   AND p.item_id = s.parent_id)",
-                      source_id, "bind synthetic", &changes, error))
-          return FALSE;
-        if (changes == 0)
-          break;
-        if (!run_sql (w, "UPDATE staged SET ino = i.ino FROM items i WHERE +staged.source_id = ?1"
-                         " AND staged.ino IS NULL AND i.drive_id = staged.drive_id"
-                         " AND i.item_id = staged.item_id",
-                      source_id, "match bound", &bound, error))
-          return FALSE;
-        matched += bound;
-      }
-  }
-  /* New inodes start above every number ever handed out (AUTOINCREMENT's high-water mark). */
-  gint64 base = 0;
-  if (!query_int (w, "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'items'), 0),"
-                     "  coalesce((SELECT max(ino) FROM items), 0))",
-                  source_id, "inode high-water mark", &base, error))
-    return FALSE;
-
-  /* 2. The mount parent, from the parentReference.id chain: a folder of the set (new or
-   *    known), else a known item. The set's folders go into a small table first: a set is
-   *    mostly files under a few folders, and looking parents up there instead of in the
-   *    set's or the store's full index made this step several times cheaper. New inodes,
-   *    new actions and parents are then written in ONE pass: every staged row is rewritten
-   *    once, not once per fact. */
-  if (!store_conn_exec (w, "DELETE FROM temp.dirs", error))
-    return FALSE;
-  guint fresh = 0;
-  {
-    g_autoptr (StoreStmt) dirs = source_stmt (w,
-        "INSERT OR IGNORE INTO temp.dirs (item_id, drive_id, ino)"
-        " SELECT item_id, drive_id, coalesce(ino, seq + ?2) FROM staged"
-        " WHERE +source_id = ?1 AND kind = 1 AND (ino IS NOT NULL OR deleted = 0)", source_id, error);
-    g_autoptr (StoreStmt) place = dirs == NULL ? NULL : source_stmt (w,
-        "UPDATE staged SET"
-        "  ino = CASE WHEN ino IS NULL AND deleted = 0 THEN seq + ?2 ELSE ino END,"
-        "  is_new = ino IS NULL AND deleted = 0,"
-        "  action = CASE WHEN ino IS NULL AND deleted = 0 THEN CASE kind WHEN 1 THEN 4 ELSE 0 END END,"
-        "  t_parent_ino = CASE WHEN parent_id IS NOT NULL THEN coalesce("
-        "   (SELECT d.ino FROM temp.dirs d WHERE d.item_id = staged.parent_id"
-        "    AND d.drive_id = staged.drive_id),"
-        "   (SELECT p.ino FROM items p WHERE p.item_id = staged.parent_id"
-        "    AND p.drive_id = staged.drive_id)) END"
-        " WHERE +source_id = ?1", source_id, error);
-    if (place == NULL)
-      return FALSE;
-    sqlite3_bind_int64 (dirs, 2, base);
-    if (!store_stmt_run (w, dirs, "set folders", error))
-      return FALSE;
-    sqlite3_bind_int64 (place, 2, base);
-    if (!store_stmt_run (w, place, "inodes and parents", error))
-      return FALSE;
-  }
-  {
-    g_autoptr (StoreStmt) st = source_stmt (w,
-        "SELECT count(*) FILTER (WHERE is_new), count(*) FILTER (WHERE deleted AND ino IS NOT NULL)"
-        " FROM staged WHERE +source_id = ?1", source_id, error);
-    if (st == NULL)
-      return FALSE;
-    int rc = sqlite3_step (st);
-    if (rc != SQLITE_ROW)
-      {
-        /* Read as 0, it would skip the set's deletes and still move the cursor. */
-        store_set_sqlite_error (error, w, rc, "set counts");
-        return FALSE;
-      }
-    fresh = sqlite3_column_int (st, 0);
-    known_tombstones = sqlite3_column_int (st, 1);
-  }
-
-  /* 3. The action, against what the mount shows (new items got theirs with their inode). */
-  /* Steps that only concern items already known, new ones or tombstones are skipped when
-   * the set has none: each is a full scan of the set. */
-  if (matched > 0)
+  /* A set with no page staged is an empty set (a reconcile of an empty folder still deletes). */
+  g_autoptr (GPtrArray) no_items = g_ptr_array_new ();
+  StageSet empty = { .source_id = source_id, .order = no_items };
+  StageSet *set = stage_set_lookup (store, source_id);
+  g_autoptr (GHashTable) no_keys = set == NULL ? g_hash_table_new (staged_hash, staged_equal) : NULL;
+  if (set == NULL)
     {
-      STEP ("UPDATE staged SET action = CASE"
-            "  WHEN i.state = 2 THEN NULL"
-            "  WHEN staged.deleted THEN CASE WHEN i.anchored THEN NULL ELSE 3 END"
-            "  WHEN i.anchored THEN CASE WHEN i.state = 1 THEN NULL ELSE 4 END"
-            "  WHEN i.state <> 1 THEN CASE WHEN i.kind = 1 THEN 4 ELSE 0 END"
-            "  WHEN i.kind = 0 AND (CASE"
-            "    WHEN staged.qxh IS NOT NULL AND i.qxh IS NOT NULL"
-            "      THEN staged.qxh <> i.qxh OR (staged.size >= 0 AND staged.size <> i.size)"
-            "    WHEN staged.ctag IS NOT NULL AND i.ctag IS NOT NULL"
-            "      THEN staged.ctag <> i.ctag OR (staged.size >= 0 AND staged.size <> i.size)"
-            "    ELSE (staged.size >= 0 AND staged.size <> i.size) OR staged.mtime <> i.mtime"
-            "      OR staged.etag IS NOT i.etag END) THEN 1"
-            "  WHEN i.name IS NOT coalesce(staged.name, '') OR i.parent_ino IS NOT staged.t_parent_ino"
-            "    THEN CASE WHEN i.kind = 1 THEN 4 ELSE 2 END"
-            "  ELSE NULL END"
-            " FROM items i WHERE +staged.source_id = ?1 AND i.ino = staged.ino", "actions");
-      /* Queued work that still aims at the same bytes keeps its id, attempts and backoff. */
-      STEP ("UPDATE staged SET keep = 1 FROM items i, work w WHERE +staged.source_id = ?1"
-            " AND staged.action IS NOT NULL AND i.ino = staged.ino AND w.ino = staged.ino"
-            " AND w.action = staged.action AND (staged.action NOT IN (0, 1)"
-            "  OR (i.r_qxh IS staged.qxh AND i.r_ctag IS staged.ctag AND i.r_size = max(staged.size, 0)))",
-            "keep");
+      empty.by_key = no_keys;
+      set = &empty;
+    }
+  for (guint i = 0; i < set->order->len; i++)
+    {
+      /* A commit that failed and rolled back left its decisions behind. */
+      Staged *s = set->order->pdata[i];
+      s->ino = s->t_parent_ino = s->cur_t_parent = s->work_action = 0;
+      s->state = ITEM_PENDING;
+      s->action = NO_ACTION;
+      s->anchored = s->is_new = s->has_work = s->keep = s->doomed = FALSE;
     }
 
-  /* New items, fully formed; until published they sit where they will show (invisible:
-   * state 0), so publishing a download does not have to move their directory entry. */
-  if (fresh > 0)
-    {
-      STEP ("INSERT INTO items (ino, drive_id, item_id, source_id, kind, state, parent_id,"
-            " t_parent_ino, t_name, r_size, r_mtime, r_etag, r_ctag, r_qxh, r_name_problem,"
-            " parent_ino, name)"
-            " SELECT ino, drive_id, item_id, ?1, kind, 0, parent_id, t_parent_ino, coalesce(name, ''),"
-            "  max(size, 0), mtime, etag, ctag, qxh, name_problem, t_parent_ino, coalesce(name, '')"
-            " FROM staged WHERE +source_id = ?1 AND is_new ORDER BY seq", "new items");
-    }
-
-  /* The latest remote state becomes the target; configured folders keep their place.
-   * Content columns and position columns are written separately: naming an indexed column
-   * in SET rewrites its index entry, and most re-reported items do not move. A row that
-   * would not change is not written at all: a full resync re-reports every item, mostly
-   * unchanged, and rewriting them all was most of its cost. */
-  if (matched > 0)
-    {
-      /* With it, in the same pass: an unchanged item's mtime and tags, when nothing is queued
-       * for it (same bytes, same place: no bytes involved, so no work). */
-      STEP ("UPDATE items SET source_id = ?1,"
-            " r_size = max(s.size, 0), r_mtime = s.mtime, r_etag = s.etag, r_ctag = s.ctag,"
-            " r_qxh = s.qxh,"
-            " r_name_problem = CASE WHEN items.anchored THEN NULL ELSE s.name_problem END,"
-            " mtime = CASE WHEN s.action IS NULL AND items.state = 1 AND items.anchored = 0"
-            "  THEN s.mtime ELSE items.mtime END,"
-            " etag = CASE WHEN s.action IS NULL AND items.state = 1 AND items.anchored = 0"
-            "  THEN s.etag ELSE items.etag END,"
-            " ctag = CASE WHEN s.action IS NULL AND items.state = 1 AND items.anchored = 0"
-            "  THEN s.ctag ELSE items.ctag END"
-            " FROM staged s WHERE +s.source_id = ?1 AND s.deleted = 0 AND NOT s.is_new"
-            " AND items.ino = s.ino AND (items.source_id IS NOT ?1 OR items.r_size IS NOT max(s.size, 0)"
-            "  OR items.r_mtime IS NOT s.mtime OR items.r_etag IS NOT s.etag OR items.r_ctag IS NOT s.ctag"
-            "  OR items.r_qxh IS NOT s.qxh OR items.r_name_problem IS NOT"
-            "   CASE WHEN items.anchored THEN NULL ELSE s.name_problem END"
-            "  OR (s.action IS NULL AND items.state = 1 AND items.anchored = 0"
-            "   AND (items.mtime IS NOT s.mtime OR items.etag IS NOT s.etag OR items.ctag IS NOT s.ctag)))",
-            "targets");
-      STEP ("UPDATE items SET parent_id = s.parent_id, t_parent_ino = s.t_parent_ino,"
-            " t_name = coalesce(s.name, ''),"
-            " parent_ino = CASE WHEN items.state = 1 THEN items.parent_ino ELSE s.t_parent_ino END,"
-            " name = CASE WHEN items.state = 1 THEN items.name ELSE coalesce(s.name, '') END"
-            " FROM staged s WHERE +s.source_id = ?1 AND s.deleted = 0 AND NOT s.is_new"
-            " AND items.ino = s.ino AND items.anchored = 0"
-            " AND (items.t_parent_ino IS NOT s.t_parent_ino OR items.t_name IS NOT coalesce(s.name, '')"
-            "  OR items.parent_id IS NOT s.parent_id"
-            "  OR (items.state <> 1 AND (items.parent_ino IS NOT s.t_parent_ino"
-            "      OR items.name IS NOT coalesce(s.name, ''))))", "moves");
-    }
-
-  /* Exclusions: new items below an excluded folder are recorded as excluded, not queued. */
-  {
-    gint64 excluded = 0;
-    if (!query_int (w, "SELECT EXISTS (SELECT 1 FROM items WHERE state = 2)", source_id, "exclusions",
-                    &excluded, error))
-      return FALSE;
-    for (int round = 0; excluded && round < MAX_DEPTH; round++)
-      {
-        int changes = 0;
-        if (!run_sql (w, "UPDATE items SET state = 2 WHERE state IN (0, 3, 4)"
-                         " AND t_parent_ino IN (SELECT ino FROM items WHERE state = 2)"
-                         " AND ino IN (SELECT ino FROM staged WHERE +source_id = ?1)",
-                      source_id, "exclusions", &changes, error))
-          return FALSE;
-        if (changes == 0)
-          break;
-      }
-    if (excluded)
-      STEP ("UPDATE staged SET action = NULL, keep = 0 WHERE +source_id = ?1 AND deleted = 0"
-            " AND action IS NOT NULL AND ino IN (SELECT ino FROM items WHERE state = 2)",
-            "excluded actions");
-  }
-
-  /* Work that no longer applies (the item is back to what the mount shows). */
+  g_autoptr (GHashTable) parents = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, g_free);
+  g_autoptr (GPtrArray) fresh = g_ptr_array_new ();
+  Commit c = { store, w, source_id, set, FALSE, 0, parents, fresh };
   gint64 queued = 0;
-  if (matched > 0 && !query_int (w, "SELECT EXISTS (SELECT 1 FROM work)", source_id, "queue", &queued, error))
+  if (!query_int (w, "SELECT EXISTS (SELECT 1 FROM work)", 0, "queue", &queued, error))
     return FALSE;
-  if (queued)
+  c.queue_nonempty = queued != 0;
+
+  if (!place_folders (&c, error) || !decide_items (&c, error) || !apply_exclusions (&c, error) ||
+      !insert_new_items (w, source_id, fresh, error) || !drop_obsolete_work (&c, error))
+    return FALSE;
+
+  g_autoptr (GHashTable) doomed = g_hash_table_new_full (g_int64_hash, g_int64_equal, NULL, g_free);
+  g_autoptr (GArray) work = g_array_new (FALSE, FALSE, sizeof (WorkRow));
+  guint deletes = 0;
+  if (!collect_doomed (&c, reconcile, doomed, error) || !queue_deletes (&c, doomed, work, &deletes, error))
+    return FALSE;
+  for (guint i = 0; i < set->order->len; i++)
     {
-      STEP ("DELETE FROM work WHERE ino IN (SELECT ino FROM staged WHERE +source_id = ?1"
-            " AND ino IS NOT NULL AND action IS NULL)", "obsolete work");
+      Staged *s = set->order->pdata[i];
+      s->doomed = s->live && s->ino != 0 && g_hash_table_contains (doomed, &s->ino);
     }
 
-  /* 4a. Deletes: tombstones, a reconcile's leftovers, and what they contain. */
-  int doomed = 0;
-  if (known_tombstones > 0 &&
-      !run_sql (w, "INSERT OR IGNORE INTO temp.doomed (ino, depth) SELECT ino, 0 FROM staged"
-                   " WHERE +source_id = ?1 AND deleted = 1 AND ino IS NOT NULL",
-                source_id, "tombstones", &doomed, error))
+  /* Folders, parents first; then moves, updates, downloads, each in set order. */
+  queue_mkdirs (&c, work);
+  queue_action (&c, STORE_ACTION_MOVE, work);
+  queue_action (&c, STORE_ACTION_UPDATE, work);
+  queue_action (&c, STORE_ACTION_DOWNLOAD, work);
+  if (!insert_work (w, source_id, work, error))
     return FALSE;
-  int leftovers = 0;
-  if (reconcile &&
-      !run_sql (w, "INSERT OR IGNORE INTO temp.doomed (ino, depth) SELECT i.ino, 0 FROM items i"
-                   " WHERE +i.source_id = ?1 AND i.anchored = 0 AND NOT EXISTS (SELECT 1 FROM staged s"
-                   "  WHERE s.source_id = ?1 AND s.drive_id = i.drive_id AND s.item_id = i.item_id"
-                   "  AND s.deleted = 0)",
-                source_id, "reconcile", &leftovers, error))
-    return FALSE;
-  doomed += leftovers;
-  gint64 deletes = 0;
-  if (doomed > 0)
-    {
-      STEP ("INSERT OR REPLACE INTO temp.doomed (ino, depth)"
-            " WITH RECURSIVE sub (ino, depth) AS ("
-            "  SELECT ino, depth FROM temp.doomed"
-            "  UNION"
-            "  SELECT c.ino, sub.depth + 1 FROM items c JOIN sub ON c.t_parent_ino = sub.ino"
-            "   WHERE sub.depth < " G_STRINGIFY (MAX_DEPTH) " AND c.anchored = 0 AND NOT EXISTS"
-            "   (SELECT 1 FROM staged s WHERE s.source_id = ?1 AND s.drive_id = c.drive_id"
-            "    AND s.item_id = c.item_id AND s.deleted = 0))"
-            " SELECT ino, max(depth) FROM sub GROUP BY ino", "cascade");
-      STEP ("INSERT OR REPLACE INTO work (ino, source_id, action)"
-            " SELECT d.ino, ?1, 3 FROM temp.doomed d JOIN items i ON i.ino = d.ino"
-            " WHERE i.anchored = 0 AND i.state NOT IN (2, 4)"
-            " AND NOT EXISTS (SELECT 1 FROM work w WHERE w.ino = d.ino AND w.action = 3)"
-            " ORDER BY d.depth DESC, d.ino", "queue deletes");
-      if (!query_int (w, "SELECT count(*) FROM temp.doomed d JOIN items i ON i.ino = d.ino"
-                         " WHERE i.anchored = 0 AND i.state NOT IN (2, 4)",
-                      source_id, "deletes", &deletes, error))
-        return FALSE;
-      /* An excluded or filtered item that is gone remotely has nothing on disk and nothing in
-       * the mount: forget it now. */
-      STEP ("DELETE FROM items WHERE ino IN (SELECT ino FROM temp.doomed) AND state IN (2, 4)"
-            " AND anchored = 0", "excluded deletes");
-    }
-
-  /* 4b. Folders, parents first; then moves, updates, downloads in set order. */
-  guint mkdirs = 0; /* queue_mkdirs reports it for debugging; stats count from staged */
-  if (!queue_mkdirs (w, source_id, &mkdirs, error))
-    return FALSE;
-  /* One statement per action, each in set order (the staged rowid): no sort of the set. */
-  if (matched > 0)
-    {
-      STEP ("INSERT OR REPLACE INTO work (ino, source_id, action)"
-            " SELECT ino, ?1, action FROM staged WHERE +source_id = ?1 AND action = 2"
-            " AND keep = 0 AND ino NOT IN (SELECT ino FROM temp.doomed) ORDER BY seq", "queue moves");
-      STEP ("INSERT OR REPLACE INTO work (ino, source_id, action)"
-            " SELECT ino, ?1, action FROM staged WHERE +source_id = ?1 AND action = 1"
-            " AND keep = 0 AND ino NOT IN (SELECT ino FROM temp.doomed) ORDER BY seq", "queue updates");
-    }
-  STEP ("INSERT OR REPLACE INTO work (ino, source_id, action)"
-        " SELECT ino, ?1, action FROM staged WHERE +source_id = ?1 AND action = 0"
-        " AND keep = 0 AND ino NOT IN (SELECT ino FROM temp.doomed) ORDER BY seq", "queue downloads");
 
   if (stats)
     {
       memset (stats, 0, sizeof *stats);
-      stats->queued_deletes = (guint) deletes;
-      g_autoptr (StoreStmt) st = store_conn_stmt (w,
-          "SELECT action, count(*) FROM staged WHERE +source_id = ?1"
-          " AND (ino IS NULL OR ino NOT IN (SELECT ino FROM temp.doomed)) GROUP BY action", error);
-      if (st == NULL)
-        return FALSE;
-      sqlite3_bind_int64 (st, 1, source_id);
-      while (sqlite3_step (st) == SQLITE_ROW)
+      stats->queued_deletes = deletes;
+      for (guint i = 0; i < set->order->len; i++)
         {
-          guint n = sqlite3_column_int (st, 1);
-          if (sqlite3_column_type (st, 0) == SQLITE_NULL)
-            stats->unchanged += n;
-          else
-            switch (sqlite3_column_int (st, 0))
-              {
-              case STORE_ACTION_DOWNLOAD: stats->queued_downloads += n; break;
-              case STORE_ACTION_UPDATE: stats->queued_updates += n; break;
-              case STORE_ACTION_MOVE: stats->queued_moves += n; break;
-              case STORE_ACTION_MKDIR: stats->queued_mkdirs += n; break;
-              default: break;
-              }
+          const Staged *s = set->order->pdata[i];
+          if (!s->live || s->doomed)
+            continue;
+          switch (s->action)
+            {
+            case NO_ACTION: stats->unchanged++; break;
+            case STORE_ACTION_DOWNLOAD: stats->queued_downloads++; break;
+            case STORE_ACTION_UPDATE: stats->queued_updates++; break;
+            case STORE_ACTION_MOVE: stats->queued_moves++; break;
+            case STORE_ACTION_MKDIR: stats->queued_mkdirs++; break;
+            default: break;
+            }
         }
-      sqlite3_reset (st);
     }
 
-  /* 5. The cursor moves in the same transaction as the work it implies. */
-  {
-    g_autoptr (StoreStmt) st = store_conn_stmt (w, "UPDATE sources SET cursor = ?2 WHERE id = ?1", error);
-    if (st == NULL)
-      return FALSE;
-    sqlite3_bind_int64 (st, 1, source_id);
-    sqlite3_bind_text (st, 2, delta_link, -1, SQLITE_STATIC);
-    if (!store_stmt_run (w, st, "cursor", error))
-      return FALSE;
-  }
-  /* Usually the only staged set: then an unqualified DELETE truncates the table at once. */
-  {
-    gint64 others = 0;
-    if (!query_int (w, "SELECT EXISTS (SELECT 1 FROM staged WHERE source_id <> ?1)", source_id,
-                    "other staged sets", &others, error))
-      return FALSE;
-    if (others)
-      STEP ("DELETE FROM staged WHERE +source_id = ?1", "clear staging");
-    else if (!store_conn_exec (w, "DELETE FROM staged", error))
-      return FALSE;
-  }
-  if (!store_conn_exec (w, "DELETE FROM temp.doomed; DELETE FROM temp.dirs", error))
+  /* The cursor moves in the same transaction as the work it implies. */
+  g_autoptr (StoreStmt) st = store_conn_stmt (w, "UPDATE sources SET cursor = ?2 WHERE id = ?1", error);
+  if (st == NULL)
     return FALSE;
-  return TRUE;
+  sqlite3_bind_int64 (st, 1, source_id);
+  sqlite3_bind_text (st, 2, delta_link, -1, SQLITE_STATIC);
+  return store_stmt_run (w, st, "cursor", error);
 }
 
 gboolean
@@ -589,6 +1155,7 @@ store_stage_commit (Store *store, gint64 source_id, const char *delta_link, gboo
                     StoreCommitStats *stats, GError **error)
 {
   g_autoptr (GMutexLocker) locker = g_mutex_locker_new (&store->write_lock);
+  gint64 t0 = g_get_monotonic_time ();
   if (!store_begin (store, error))
     return FALSE;
   if (!commit_locked (store, source_id, delta_link, reconcile, stats, error))
@@ -596,5 +1163,11 @@ store_stage_commit (Store *store, gint64 source_id, const char *delta_link, gboo
       store_rollback (store);
       return FALSE;
     }
-  return store_commit (store, error);
+  if (!store_commit (store, error))
+    return FALSE;
+  /* Only now: a commit that failed leaves the set staged, as the old cursor expects. */
+  stage_set_drop (store, source_id);
+  g_debug ("commit of source %" G_GINT64_FORMAT ": %.3f ms", source_id,
+           (g_get_monotonic_time () - t0) / 1000.0);
+  return TRUE;
 }

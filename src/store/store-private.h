@@ -32,6 +32,7 @@ struct _Store {
   char      *path;
   GMutex     write_lock;   /* serialises every write; protects writer */
   StoreConn *writer;       /* protected by write_lock */
+  GHashTable *staging;     /* gint64 source id → its delta set being paged (stage.c); write_lock */
 
   GMutex     pool_lock;    /* protects idle, open_readers */
   GCond      pool_cond;
@@ -74,6 +75,9 @@ gboolean store_stmt_run (StoreConn *conn, StoreStmt *stmt, const char *what, GEr
 gboolean store_begin (Store *store, GError **error);
 gboolean store_commit (Store *store, GError **error);
 void store_rollback (Store *store);
+
+/* Drops every staged delta set (store_free). */
+void store_staging_free (Store *store);
 
 /* Column helpers. */
 char *store_col_dup (sqlite3_stmt *stmt, int col);

@@ -147,39 +147,9 @@ static const char *const migrations[] = {
 
 #define STORE_SCHEMA_VERSION ((int) G_N_ELEMENTS (migrations))
 
-/* A delta set while it is paged, on the writer connection only. It is a TEMP table on
- * purpose: a set interrupted by a crash is re-read from the old cursor anyway, so staging
- * needs no durability, and keeping it out of the WAL makes paging cheap. Last occurrence
- * wins: INSERT OR REPLACE on the item key gives the newer occurrence a new seq. */
-static const char staging_ddl[] =
-  "CREATE TEMP TABLE staged ("
-  "  seq            INTEGER PRIMARY KEY,"
-  "  source_id      INTEGER NOT NULL,"
-  "  drive_id       TEXT NOT NULL COLLATE NOCASE,"
-  "  item_id        TEXT NOT NULL,"
-  "  parent_id      TEXT,"
-  "  name           TEXT,"
-  "  kind           INTEGER NOT NULL,"
-  "  deleted        INTEGER NOT NULL,"
-  "  is_root        INTEGER NOT NULL,"
-  "  size           INTEGER NOT NULL,"
-  "  mtime          INTEGER NOT NULL,"
-  "  etag           TEXT,"
-  "  ctag           TEXT,"
-  "  qxh            TEXT,"
-  "  name_problem   TEXT,"
-  "  ino            INTEGER,"                   /* computed at commit */
-  "  t_parent_ino   INTEGER,"
-  "  action         INTEGER,"
-  "  keep           INTEGER NOT NULL DEFAULT 0,"
-  "  is_new         INTEGER NOT NULL DEFAULT 0"
-  ");"
-  "CREATE UNIQUE INDEX temp.staged_item ON staged (source_id, item_id, drive_id);"
-  "CREATE TEMP TABLE doomed (ino INTEGER PRIMARY KEY, depth INTEGER NOT NULL);"
-  "CREATE TEMP TABLE excl (ino INTEGER PRIMARY KEY);"
-  /* The folders of the set being committed, by remote id: where parents are looked up. */
-  "CREATE TEMP TABLE dirs (item_id TEXT NOT NULL, drive_id TEXT NOT NULL COLLATE NOCASE,"
-  "  ino INTEGER NOT NULL, PRIMARY KEY (item_id, drive_id)) WITHOUT ROWID;";
+/* Scratch tables of the writer connection (TEMP: never in the WAL, gone with the process). */
+static const char scratch_ddl[] =
+  "CREATE TEMP TABLE excl (ino INTEGER PRIMARY KEY);";
 
 /* ---- errors and statements ------------------------------------------------------------- */
 
@@ -625,9 +595,9 @@ store_open (const char *path, GError **error)
     return NULL;
   if (!migrate (store, error))
     return NULL;
-  /* Scratch space (staging, commit) lives in memory: about 250 bytes per staged item. */
+  /* Scratch space lives in memory (a delta set is staged in memory too: stage.c). */
   if (!store_conn_exec (store->writer, "PRAGMA temp_store = MEMORY", error) ||
-      !store_conn_exec (store->writer, staging_ddl, error))
+      !store_conn_exec (store->writer, scratch_ddl, error))
     return NULL;
   if (!mark_interrupted_runs (store, error))
     return NULL;
@@ -648,6 +618,7 @@ store_free (Store *store)
   g_ptr_array_free (store->idle, TRUE);
   g_mutex_unlock (&store->pool_lock);
   conn_free (store->writer);
+  store_staging_free (store);
   g_mutex_clear (&store->write_lock);
   g_mutex_clear (&store->pool_lock);
   g_cond_clear (&store->pool_cond);
