@@ -110,7 +110,8 @@ GPtrArray *store_sources (Store *store, GError **error);   /* StoreSource* */
 
 /* ---- staging a delta set --------------------------------------------------------------- */
 
-/* Forgets any staged rows of @source_id (a set that was interrupted is re-read from the old cursor). */
+/* Forgets any staged items of @source_id (a set that was interrupted is re-read from the old
+ * cursor). Staged items are held in memory until the commit or until store_free. */
 gboolean store_stage_begin (Store *store, gint64 source_id, GError **error);
 /* Stages one page; duplicates are fine (the last occurrence wins at commit). */
 gboolean store_stage_add (Store *store, gint64 source_id, GPtrArray *graph_items, GError **error);

@@ -539,10 +539,27 @@ mark_interrupted_runs (Store *store, GError **error)
   return TRUE;
 }
 
+/* SQLite keeps global memory statistics unless told otherwise, and takes a process-wide mutex
+ * on every allocation to do so: a tenth of a delta set's commit went to that lock. Nothing
+ * here reads the statistics. This must come before SQLite initialises; if something else
+ * in the process used SQLite first, the call fails harmlessly and the default stays. */
+static void
+tune_sqlite_once (void)
+{
+  static gsize done = 0;
+  if (g_once_init_enter (&done))
+    {
+      if (sqlite3_config (SQLITE_CONFIG_MEMSTATUS, 0) != SQLITE_OK)
+        g_debug ("SQLite already initialised: memory statistics stay on");
+      g_once_init_leave (&done, 1);
+    }
+}
+
 Store *
 store_open (const char *path, GError **error)
 {
   g_return_val_if_fail (path != NULL, NULL);
+  tune_sqlite_once ();
   g_autoptr (Store) store = g_new0 (Store, 1);
   store->path = g_strdup (path);
   g_mutex_init (&store->write_lock);

@@ -206,8 +206,22 @@ test_duplicates (Fixture *f, gconstpointer data)
   StoreWork *x = find_work (work, "x");
   g_assert_cmpstr (x->item->name, ==, "last.txt");
   g_assert_cmpstr (x->item->quickxor_hash, ==, "h3");
-  /* The last occurrence also takes the last place in set order. */
-  g_assert_cmpuint (work_index (work, "y"), <, work_index (work, "x"));
+  /* Downloads come in directory order ("last.txt" before "y.txt"), whatever the set's. */
+  g_assert_cmpuint (work_index (work, "x"), <, work_index (work, "y"));
+  g_clear_pointer (&work, g_ptr_array_unref);
+  publish_all (f);
+
+  /* Updates too come by inode (x's is the lower), and the last occurrence still wins. */
+  set = items_new ();
+  g_ptr_array_add (set, mk_file ("y", "S", "y.txt", "hy2"));
+  g_ptr_array_add (set, mk_file ("x", "S", "last.txt", "h4"));
+  g_ptr_array_add (set, mk_file ("x", "S", "last.txt", "h5"));
+  st = commit_set (f, sid, set, "l2", FALSE);
+  g_assert_cmpuint (st.queued_updates, ==, 2);
+  work = take_work (f);
+  g_assert_cmpuint (work->len, ==, 2);
+  g_assert_cmpstr (find_work (work, "x")->item->quickxor_hash, ==, "h5");
+  g_assert_cmpuint (work_index (work, "x"), <, work_index (work, "y"));
 }
 
 static void

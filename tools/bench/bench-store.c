@@ -311,10 +311,12 @@ main (int argc, char **argv)
   g_unlink (shm);
 
   printf ("bench-store: %u items, database %s\n", n, db);
-  floor_cpu_s = calibrate (dir, n);
+  /* The store first: it configures SQLite for the process (store.c), which must happen
+   * before the calibration's own use of SQLite initialises it. */
   Store *store = store_open (db, &error);
   if (store == NULL)
     die ("open", error);
+  floor_cpu_s = calibrate (dir, n);
   gint64 sid = 0;
   if (!store_source_ensure (store, "/", "b!benchDriveId0123456789", "ROOT", &sid, &error))
     die ("source", error);
