@@ -323,7 +323,9 @@ def test_follow_progress_bar_on_pty(fifo_mnt):
         writer.write(json.dumps({"seq": 2, "time": 1796292002, "event": "file_failed",
                                  "path": "/Docs/x", "error": "timeout"}) + "\n")
         writer.flush()
-        out = read_pty_until(master, lambda b: b"file_failed" in b)
+        # Until the line is complete: the tool may write it in more than one piece.
+        out = read_pty_until(master, lambda b: b"file_failed" in b
+                             and b"\r\n" in b[b.index(b"file_failed"):])
         assert b"file_failed path=/Docs/x error=timeout\r\n" in out
         assert b"/quiet" not in out
         writer.close()

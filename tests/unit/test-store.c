@@ -429,6 +429,58 @@ test_interrupted_set (Fixture *f, gconstpointer data)
   g_assert_cmpuint (st.queued_updates, ==, 0);
 }
 
+/* Two sources paged side by side (the engine syncs sources one after another today, but the
+ * store keeps one staged set per source): each commit applies its own set only, and a begin
+ * forgets only its own source's set, also within one process. */
+static void
+test_sets_per_source (Fixture *f, gconstpointer data)
+{
+  GError *error = NULL;
+  gint64 sa = add_source (f, "/A", "A");
+  gint64 sb = add_source (f, "/B", "B");
+  g_assert_true (store_stage_begin (f->store, sa, &error));
+  g_assert_true (store_stage_begin (f->store, sb, &error));
+  g_autoptr (GPtrArray) pa = items_new ();
+  g_ptr_array_add (pa, mk_file ("a1", "A", "a1.txt", "h"));
+  g_autoptr (GPtrArray) pb = items_new ();
+  g_ptr_array_add (pb, mk_file ("b1", "B", "b1.txt", "h"));
+  g_autoptr (GPtrArray) pa2 = items_new ();
+  g_ptr_array_add (pa2, mk_file ("a-dropped", "A", "dropped.txt", "h"));
+  g_assert_true (store_stage_add (f->store, sa, pa2, &error));
+  /* A begin forgets A's first pages (a restarted listing), not B's. */
+  g_assert_true (store_stage_begin (f->store, sa, &error));
+  g_assert_true (store_stage_add (f->store, sb, pb, &error));
+  g_assert_true (store_stage_add (f->store, sa, pa, &error));
+  g_assert_no_error (error);
+
+  StoreCommitStats st;
+  g_assert_true (store_stage_commit (f->store, sa, "link-a", FALSE, &st, &error));
+  g_assert_no_error (error);
+  g_assert_cmpuint (st.queued_downloads, ==, 1);
+  g_autoptr (GPtrArray) work = take_work (f);
+  g_assert_cmpuint (work->len, ==, 1);
+  g_assert_nonnull (find_work (work, "a1"));
+  g_clear_pointer (&work, g_ptr_array_unref);
+
+  g_assert_true (store_stage_commit (f->store, sb, "link-b", FALSE, &st, &error));
+  g_assert_no_error (error);
+  g_assert_cmpuint (st.queued_downloads, ==, 1);
+  work = take_work (f);
+  g_assert_cmpuint (work->len, ==, 2);
+  g_assert_nonnull (find_work (work, "b1"));
+  g_assert_null (find_work (work, "a-dropped"));
+  g_clear_pointer (&work, g_ptr_array_unref);
+
+  /* Each commit dropped its set: committing again applies an empty set. */
+  g_assert_true (store_stage_commit (f->store, sa, "link-a2", FALSE, &st, &error));
+  g_assert_no_error (error);
+  g_assert_cmpuint (st.queued_downloads + st.unchanged, ==, 0);
+  /* An unknown source is refused, at staging as at commit. */
+  g_assert_false (store_stage_add (f->store, 999, pa, &error));
+  g_assert_error (error, STORE_ERROR, STORE_ERROR_NOT_FOUND);
+  g_clear_error (&error);
+}
+
 static void
 test_reset_cursor (Fixture *f, gconstpointer data)
 {
@@ -981,6 +1033,7 @@ main (int argc, char **argv)
   T ("/store/commit/packages-skipped", test_packages_skipped);
   T ("/store/commit/name-problem", test_name_problem);
   T ("/store/commit/reset-cursor", test_reset_cursor);
+  T ("/store/commit/sets-per-source", test_sets_per_source);
   T ("/store/queue/fail-retry", test_fail_retry);
   T ("/store/queue/withdraw-file", test_withdraw_file);
   T ("/store/queue/superseded-publish", test_superseded_publish);
