@@ -105,8 +105,9 @@ static gboolean
 staged_equal (gconstpointer a, gconstpointer b)
 {
   const Staged *x = a, *y = b;
+  /* Exact first: drive ids nearly always come spelled the same, and strcmp is far cheaper. */
   return strcmp (x->item_id, y->item_id) == 0 &&
-         (x->drive_id == y->drive_id || g_ascii_strcasecmp (x->drive_id, y->drive_id) == 0);
+         (strcmp (x->drive_id, y->drive_id) == 0 || g_ascii_strcasecmp (x->drive_id, y->drive_id) == 0);
 }
 
 static void
