@@ -78,6 +78,12 @@ char *store_path (Store *store, guint64 ino, GError **error);
 /* Bytes and files held by published entries (statfs). */
 gboolean store_usage (Store *store, guint64 *bytes, guint64 *files, GError **error);
 
+/* Gives back memory the store holds but no longer needs: the clean pages the writer and the
+ * idle readers cache, and what the C library keeps of freed heap (a staged set, a big
+ * commit). Nothing is lost: caches refill on use. For the end of a sync run. Returns the
+ * bytes of page cache released. */
+gsize store_trim_memory (Store *store);
+
 /* Removes @ino and its descendants from the mount and records them as excluded, so no later
  * run brings them back until store_clear_exclusions(): later sets record their changes and new
  * items below them, but queue nothing; their pending work is dropped. Returns the cache

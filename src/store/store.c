@@ -35,6 +35,9 @@
 #include "store-private.h"
 
 #include <errno.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <signal.h>
 #include <string.h>
 #include <sys/types.h>
@@ -619,6 +622,43 @@ store_open (const char *path, GError **error)
   if (!mark_interrupted_runs (store, error))
     return NULL;
   return g_steal_pointer (&store);
+}
+
+/* The page cache @conn holds now, in bytes. */
+static gsize
+conn_cache_bytes (StoreConn *conn)
+{
+  int used = 0, high = 0;
+  sqlite3_db_status (conn->db, SQLITE_DBSTATUS_CACHE_USED, &used, &high, 0);
+  return used > 0 ? (gsize) used : 0;
+}
+
+static gsize
+conn_release (StoreConn *conn)
+{
+  gsize before = conn_cache_bytes (conn);
+  sqlite3_db_release_memory (conn->db);
+  gsize after = conn_cache_bytes (conn);
+  return before > after ? before - after : 0;
+}
+
+gsize
+store_trim_memory (Store *store)
+{
+  g_mutex_lock (&store->write_lock);
+  gsize released = conn_release (store->writer);
+  g_mutex_unlock (&store->write_lock);
+  /* Readers in use keep theirs: they are busy, and a reader's cache is small next to the
+   * writer's after a commit. */
+  g_mutex_lock (&store->pool_lock);
+  for (guint i = 0; i < store->idle->len; i++)
+    released += conn_release (store->idle->pdata[i]);
+  g_mutex_unlock (&store->pool_lock);
+#ifdef __GLIBC__
+  malloc_trim (0);
+#endif
+  g_debug ("memory trimmed: %" G_GSIZE_FORMAT " KiB of page cache released", released / 1024);
+  return released;
 }
 
 void

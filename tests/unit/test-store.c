@@ -481,6 +481,32 @@ test_sets_per_source (Fixture *f, gconstpointer data)
   g_clear_error (&error);
 }
 
+/* After a big commit the writer's page cache is full; a trim gives it back, and the store
+ * reads and writes on as before (the caches refill). */
+static void
+test_trim_memory (Fixture *f, gconstpointer data)
+{
+  gint64 sid = add_source (f, "/S", "S");
+  GPtrArray *set = items_new ();
+  for (guint i = 0; i < 3000; i++)
+    {
+      g_autofree char *id = g_strdup_printf ("f%u", i);
+      g_autofree char *name = g_strdup_printf ("file %u.txt", i);
+      g_ptr_array_add (set, mk_file (id, "S", name, "h"));
+    }
+  StoreCommitStats st = commit_set (f, sid, set, "l", FALSE);
+  g_assert_cmpuint (st.queued_downloads, ==, 3000);
+  g_assert_cmpuint (store_trim_memory (f->store), >, 64 * 1024);
+  /* Nothing left to give back right after. */
+  g_assert_cmpuint (store_trim_memory (f->store), <, 16 * 1024);
+  g_autoptr (GPtrArray) work = take_work (f);
+  g_assert_cmpuint (work->len, ==, 3000);
+  for (guint i = 0; i < 10; i++)
+    publish (f, work->pdata[i], NULL);
+  g_autofree char *path = g_strconcat ("/S/", ((StoreWork *) work->pdata[9])->item->name, NULL);
+  g_assert_cmpuint (resolve (f, path), !=, 0);
+}
+
 static void
 test_reset_cursor (Fixture *f, gconstpointer data)
 {
@@ -1034,6 +1060,7 @@ main (int argc, char **argv)
   T ("/store/commit/name-problem", test_name_problem);
   T ("/store/commit/reset-cursor", test_reset_cursor);
   T ("/store/commit/sets-per-source", test_sets_per_source);
+  T ("/store/trim-memory", test_trim_memory);
   T ("/store/queue/fail-retry", test_fail_retry);
   T ("/store/queue/withdraw-file", test_withdraw_file);
   T ("/store/queue/superseded-publish", test_superseded_publish);

@@ -27,12 +27,19 @@ TOP = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(TOP / "tests" / "integration"))
 
 
-def rss_kib(pid):
+def rss_kib(pid, field="VmRSS"):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
     return 0
+
+
+def rss_text(pid):
+    """VmRSS, and how much of it is the daemon's own memory (anonymous) and how much pages of
+    files it maps (the database, which readers map: shared with the page cache, reclaimable)."""
+    return (f"{rss_kib(pid) / 1024:.1f} MiB (anon {rss_kib(pid, 'RssAnon') / 1024:.1f}, "
+            f"file {rss_kib(pid, 'RssFile') / 1024:.1f})")
 
 
 def read_file(path, chunk=1 << 20):
@@ -134,12 +141,12 @@ def bench_tree(args, mf, measure_rss):
         mount = mf.Mount(tmp, fake, options=["workers=8"])
         try:
             mount.start()
-            rss_empty = rss_kib(mount.proc.pid)
+            rss_empty = rss_text(mount.proc.pid)
             t0 = time.perf_counter()
             doc = mount.sync_and_wait(timeout=7200)
             print(f"tree: mirrored {n} items in {folders} folders in {time.perf_counter() - t0:.1f} s "
                   f"({doc['files_processed']} files)")
-            rss_synced = rss_kib(mount.proc.pid)
+            rss_synced = rss_text(mount.proc.pid)
 
             # The same tree on the local disk, next to the cache.
             local = tmp / "local"
@@ -175,9 +182,9 @@ def bench_tree(args, mf, measure_rss):
                   f"(ratio {t_stat_local / t_stat_cold:.2f}) | warm {t_stat_warm * 1000:7.0f} ms "
                   f"(ratio {t_stat_local / t_stat_warm:.2f})   [{len(rel)} entries; ratio = local/mount]")
             if measure_rss:
-                rss_walked = rss_kib(mount.proc.pid)
-                print(f"rss: daemon with {n} items: {rss_synced / 1024:.1f} MiB after the sync "
-                      f"(empty mount {rss_empty / 1024:.1f} MiB), {rss_walked / 1024:.1f} MiB after a remount "
+                rss_walked = rss_text(mount.proc.pid)
+                print(f"rss: daemon with {n} items: {rss_synced} after the sync "
+                      f"(empty mount {rss_empty}), {rss_walked} after a remount "
                       f"and stat of every entry (target <= 64 MiB)")
             mount.stop()
         finally:
