@@ -278,28 +278,29 @@ typedef struct {
   int    action;
 } WorkRow;
 
-/* Queues @rows in their order (work ids ascending), BATCH_ROWS rows per statement. */
+/* Binds row @index of the caller's data to the @row_params parameters from @first on. */
+typedef void (*BindRow) (sqlite3_stmt *st, int first, guint index, gconstpointer data, gint64 source_id);
+
+/* "PREFIX (?,…),(?,…)…": @count rows in their order, BATCH_ROWS per statement. */
 static gboolean
-insert_work (StoreConn *w, gint64 source_id, GArray *rows, GError **error)
+insert_rows (StoreConn *w, const char *prefix, int row_params, guint count, BindRow bind,
+             gconstpointer data, gint64 source_id, const char *what, GError **error)
 {
-  const char *prefix = "INSERT OR REPLACE INTO work (ino, source_id, action) VALUES ";
-  for (guint done = 0; done < rows->len;)
+  g_autoptr (GString) row = g_string_new ("?");
+  for (int i = 1; i < row_params; i++)
+    g_string_append (row, ",?");
+  for (guint done = 0; done < count;)
     {
-      guint n = MIN (BATCH_ROWS, rows->len - done);
-      g_autofree char *sql = multi_row_sql (prefix, "?,?,?", n);
+      guint n = MIN (BATCH_ROWS, count - done);
+      g_autofree char *sql = multi_row_sql (prefix, row->str, n);
       g_autoptr (OwnStmt) st = prepare_own (w, sql, error);
       if (st == NULL)
         return FALSE;
-      while (rows->len - done >= n)
+      while (count - done >= n)  /* the full batches, then once for the rest */
         {
           for (guint k = 0; k < n; k++)
-            {
-              const WorkRow *r = &g_array_index (rows, WorkRow, done + k);
-              sqlite3_bind_int64 (st, 3 * k + 1, r->ino);
-              sqlite3_bind_int64 (st, 3 * k + 2, source_id);
-              sqlite3_bind_int (st, 3 * k + 3, r->action);
-            }
-          if (!store_stmt_run (w, st, "queue work", error))
+            bind (st, row_params * (int) k + 1, done + k, data, source_id);
+          if (!store_stmt_run (w, st, what, error))
             return FALSE;
           done += n;
         }
@@ -307,7 +308,46 @@ insert_work (StoreConn *w, gint64 source_id, GArray *rows, GError **error)
   return TRUE;
 }
 
-#define ITEM_COLS 16
+static void
+bind_work (sqlite3_stmt *st, int c, guint index, gconstpointer data, gint64 source_id)
+{
+  const WorkRow *r = &g_array_index ((GArray *) data, WorkRow, index);
+  sqlite3_bind_int64 (st, c, r->ino);
+  sqlite3_bind_int64 (st, c + 1, source_id);
+  sqlite3_bind_int (st, c + 2, r->action);
+}
+
+/* Queues @rows in their order (work ids ascending). */
+static gboolean
+insert_work (StoreConn *w, gint64 source_id, GArray *rows, GError **error)
+{
+  return insert_rows (w, "INSERT OR REPLACE INTO work (ino, source_id, action) VALUES ", 3, rows->len,
+                      bind_work, rows, source_id, "queue work", error);
+}
+
+static void
+bind_new_item (sqlite3_stmt *st, int c, guint index, gconstpointer data, gint64 source_id)
+{
+  const Staged *s = ((GPtrArray *) data)->pdata[index];
+  const char *name = s->name ? s->name : "";
+  sqlite3_bind_int64 (st, c, s->ino);
+  sqlite3_bind_text (st, c + 1, s->drive_id, -1, SQLITE_STATIC);
+  sqlite3_bind_text (st, c + 2, s->item_id, -1, SQLITE_STATIC);
+  sqlite3_bind_int64 (st, c + 3, source_id);
+  sqlite3_bind_int (st, c + 4, s->kind);
+  sqlite3_bind_int (st, c + 5, s->state);
+  sqlite3_bind_text (st, c + 6, s->parent_id, -1, SQLITE_STATIC);
+  bind_ino (st, c + 7, s->t_parent_ino);
+  sqlite3_bind_text (st, c + 8, name, -1, SQLITE_STATIC);
+  sqlite3_bind_int64 (st, c + 9, MAX (s->size, 0));
+  sqlite3_bind_int64 (st, c + 10, s->mtime);
+  sqlite3_bind_text (st, c + 11, s->etag, -1, SQLITE_STATIC);
+  sqlite3_bind_text (st, c + 12, s->ctag, -1, SQLITE_STATIC);
+  sqlite3_bind_text (st, c + 13, s->qxh, -1, SQLITE_STATIC);
+  sqlite3_bind_text (st, c + 14, s->name_problem, -1, SQLITE_STATIC);
+  bind_ino (st, c + 15, s->t_parent_ino);
+  sqlite3_bind_text (st, c + 16, name, -1, SQLITE_STATIC);
+}
 
 /* New items, fully formed; until published they sit where they will show (invisible:
  * state 0), so publishing a download does not have to move their directory entry.
@@ -317,47 +357,10 @@ insert_work (StoreConn *w, gint64 source_id, GArray *rows, GError **error)
 static gboolean
 insert_new_items (StoreConn *w, gint64 source_id, GPtrArray *fresh, GError **error)
 {
-  const char *prefix =
-    "INSERT OR FAIL INTO items (ino, drive_id, item_id, source_id, kind, state, parent_id, t_parent_ino,"
-    " t_name, r_size, r_mtime, r_etag, r_ctag, r_qxh, r_name_problem, parent_ino, name) VALUES ";
-  for (guint done = 0; done < fresh->len;)
-    {
-      guint n = MIN (BATCH_ROWS, fresh->len - done);
-      g_autofree char *sql = multi_row_sql (prefix, "?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?", n);
-      g_autoptr (OwnStmt) st = prepare_own (w, sql, error);
-      if (st == NULL)
-        return FALSE;
-      while (fresh->len - done >= n)
-        {
-          for (guint k = 0; k < n; k++)
-            {
-              const Staged *s = fresh->pdata[done + k];
-              int c = (ITEM_COLS + 1) * k;
-              const char *name = s->name ? s->name : "";
-              sqlite3_bind_int64 (st, c + 1, s->ino);
-              sqlite3_bind_text (st, c + 2, s->drive_id, -1, SQLITE_STATIC);
-              sqlite3_bind_text (st, c + 3, s->item_id, -1, SQLITE_STATIC);
-              sqlite3_bind_int64 (st, c + 4, source_id);
-              sqlite3_bind_int (st, c + 5, s->kind);
-              sqlite3_bind_int (st, c + 6, s->state);
-              sqlite3_bind_text (st, c + 7, s->parent_id, -1, SQLITE_STATIC);
-              bind_ino (st, c + 8, s->t_parent_ino);
-              sqlite3_bind_text (st, c + 9, name, -1, SQLITE_STATIC);
-              sqlite3_bind_int64 (st, c + 10, MAX (s->size, 0));
-              sqlite3_bind_int64 (st, c + 11, s->mtime);
-              sqlite3_bind_text (st, c + 12, s->etag, -1, SQLITE_STATIC);
-              sqlite3_bind_text (st, c + 13, s->ctag, -1, SQLITE_STATIC);
-              sqlite3_bind_text (st, c + 14, s->qxh, -1, SQLITE_STATIC);
-              sqlite3_bind_text (st, c + 15, s->name_problem, -1, SQLITE_STATIC);
-              bind_ino (st, c + 16, s->t_parent_ino);
-              sqlite3_bind_text (st, c + 17, name, -1, SQLITE_STATIC);
-            }
-          if (!store_stmt_run (w, st, "new items", error))
-            return FALSE;
-          done += n;
-        }
-    }
-  return TRUE;
+  return insert_rows (w,
+      "INSERT OR FAIL INTO items (ino, drive_id, item_id, source_id, kind, state, parent_id,"
+      " t_parent_ino, t_name, r_size, r_mtime, r_etag, r_ctag, r_qxh, r_name_problem, parent_ino,"
+      " name) VALUES ", 17, fresh->len, bind_new_item, fresh, source_id, "new items", error);
 }
 
 /* A one-row, one-column query; ?1, when the query has it, is @arg. */
