@@ -398,6 +398,18 @@ step_lookup (StoreConn *w, sqlite3_stmt *st, const char *what, gboolean *found, 
   return FALSE;
 }
 
+/* Steps a bound query for one inode: *@ino is it, or 0 when there is no row. Resets @st. */
+static gboolean
+lookup_ino (StoreConn *w, sqlite3_stmt *st, const char *what, gint64 *ino, GError **error)
+{
+  gboolean found = FALSE;
+  if (!step_lookup (w, st, what, &found, error))
+    return FALSE;
+  *ino = found ? sqlite3_column_int64 (st, 0) : 0;
+  sqlite3_reset (st);
+  return TRUE;
+}
+
 /* ---- the commit ------------------------------------------------------------------------ */
 
 typedef struct {
@@ -447,10 +459,8 @@ known_parent (Commit *c, const char *item_id, const char *drive_id, gint64 *ino,
     return FALSE;
   sqlite3_bind_text (st, 1, item_id, -1, SQLITE_STATIC);
   sqlite3_bind_text (st, 2, drive_id, -1, SQLITE_STATIC);
-  gboolean found = FALSE;
-  if (!step_lookup (c->w, st, "parent", &found, error))
+  if (!lookup_ino (c->w, st, "parent", ino, error))
     return FALSE;
-  *ino = found ? sqlite3_column_int64 (st, 0) : 0;
   g_hash_table_insert (c->parents, g_steal_pointer (&key), g_memdup2 (ino, sizeof *ino));
   return TRUE;
 }
@@ -487,12 +497,9 @@ place_folders (Commit *c, GError **error)
         continue;
       sqlite3_bind_text (find, 1, s->item_id, -1, SQLITE_STATIC);
       sqlite3_bind_text (find, 2, s->drive_id, -1, SQLITE_STATIC);
-      gboolean found = FALSE;
-      if (!step_lookup (w, find, "folder", &found, error))
+      if (!lookup_ino (w, find, "folder", &s->ino, error))
         return FALSE;
-      s->ino = found ? sqlite3_column_int64 (find, 0) : 0;
-      sqlite3_reset (find);
-      unknown += !found && !s->deleted;
+      unknown += s->ino == 0 && !s->deleted;
     }
 
   /* Synthetic directories the set's new folders stand for, parents before children: a round
@@ -522,22 +529,18 @@ place_folders (Commit *c, GError **error)
               s->parent_id == NULL || s->name == NULL)
             continue;
           /* Not through the parent cache: a parent bound in this round is known only now. */
+          gint64 pino = 0, ino = 0;
           sqlite3_bind_text (parent, 1, s->parent_id, -1, SQLITE_STATIC);
           sqlite3_bind_text (parent, 2, s->drive_id, -1, SQLITE_STATIC);
-          gboolean found = FALSE;
-          if (!step_lookup (w, parent, "synthetic parent", &found, error))
+          if (!lookup_ino (w, parent, "synthetic parent", &pino, error))
             return FALSE;
-          gint64 pino = found ? sqlite3_column_int64 (parent, 0) : 0;
-          sqlite3_reset (parent);
-          if (!found)
+          if (pino == 0)
             continue;
           sqlite3_bind_int64 (child, 1, pino);
           sqlite3_bind_text (child, 2, s->name, -1, SQLITE_STATIC);
-          if (!step_lookup (w, child, "synthetic folder", &found, error))
+          if (!lookup_ino (w, child, "synthetic folder", &ino, error))
             return FALSE;
-          gint64 ino = found ? sqlite3_column_int64 (child, 0) : 0;
-          sqlite3_reset (child);
-          if (!found)
+          if (ino == 0)
             continue;
           sqlite3_bind_int64 (bind, 1, ino);
           sqlite3_bind_text (bind, 2, s->drive_id, -1, SQLITE_STATIC);
