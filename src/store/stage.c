@@ -423,6 +423,10 @@ typedef struct {
   GPtrArray  *fresh;            /* Staged*, new items: folders, then files in directory order */
 } Commit;
 
+/* One statement in the writer's cache (it is keyed by the text's address): each user steps
+ * it to its end or resets it before another may use it. */
+static const char INO_BY_KEY_SQL[] = "SELECT ino FROM items WHERE item_id = ?1 AND drive_id = ?2";
+
 /* The live staged item with this key, if any. */
 static Staged *
 set_find (StageSet *set, const char *item_id, const char *drive_id)
@@ -454,7 +458,7 @@ known_parent (Commit *c, const char *item_id, const char *drive_id, gint64 *ino,
       return TRUE;
     }
   g_autoptr (StoreStmt) st = store_conn_stmt (c->w,
-      "SELECT ino FROM items WHERE item_id = ?1 AND drive_id = ?2", error);
+      INO_BY_KEY_SQL, error);
   if (st == NULL)
     return FALSE;
   sqlite3_bind_text (st, 1, item_id, -1, SQLITE_STATIC);
@@ -486,7 +490,7 @@ place_folders (Commit *c, GError **error)
 {
   StoreConn *w = c->w;
   g_autoptr (StoreStmt) find = store_conn_stmt (w,
-      "SELECT ino FROM items WHERE item_id = ?1 AND drive_id = ?2", error);
+      INO_BY_KEY_SQL, error);
   if (find == NULL)
     return FALSE;
   guint unknown = 0;
@@ -516,7 +520,7 @@ place_folders (Commit *c, GError **error)
       "UPDATE items SET drive_id = ?2, item_id = ?3, source_id = ?4, anchored = 0, parent_id = ?5"
       " WHERE ino = ?1", error);
   g_autoptr (StoreStmt) parent = !synthetic ? NULL : store_conn_stmt (w,
-      "SELECT ino FROM items WHERE item_id = ?1 AND drive_id = ?2", error);
+      INO_BY_KEY_SQL, error);
   if (synthetic && (child == NULL || bind == NULL || parent == NULL))
     return FALSE;
   for (int round = 0; synthetic && round < MAX_DEPTH; round++)
@@ -708,12 +712,20 @@ write_known (Commit *c, Staged *s, GError **error)
   return TRUE;
 }
 
-/* Whether work is queued for @s, and which (only asked when the queue is not empty). */
+/* Whether work is queued for @s, and which: from @queue (ino → action) when the caller read
+ * it whole, else asked (only when the queue is not empty). */
 static gboolean
-look_up_work (Commit *c, Staged *s, GError **error)
+look_up_work (Commit *c, GHashTable *queue, Staged *s, GError **error)
 {
   if (!c->queue_nonempty)
     return TRUE;
+  if (queue != NULL)
+    {
+      gpointer action = NULL;
+      s->has_work = g_hash_table_lookup_extended (queue, &s->ino, NULL, &action);
+      s->work_action = GPOINTER_TO_INT (action);
+      return TRUE;
+    }
   g_autoptr (StoreStmt) queued = store_conn_stmt (c->w, "SELECT action FROM work WHERE ino = ?1", error);
   if (queued == NULL)
     return FALSE;
@@ -747,6 +759,27 @@ static gboolean
 match_by_scan (Commit *c, GError **error)
 {
   StoreConn *w = c->w;
+  /* The queue too, in one read, rather than a lookup per item. */
+  g_autoptr (GHashTable) queue = NULL;
+  if (c->queue_nonempty)
+    {
+      queue = g_hash_table_new_full (g_int64_hash, g_int64_equal, g_free, NULL);
+      g_autoptr (StoreStmt) st = store_conn_stmt (w, "SELECT ino, action FROM work", error);
+      if (st == NULL)
+        return FALSE;
+      int rc;
+      while ((rc = sqlite3_step (st)) == SQLITE_ROW)
+        {
+          gint64 ino = sqlite3_column_int64 (st, 0);
+          g_hash_table_insert (queue, g_memdup2 (&ino, sizeof ino),
+                               GINT_TO_POINTER (sqlite3_column_int (st, 1)));
+        }
+      if (rc != SQLITE_DONE)
+        {
+          store_set_sqlite_error (error, w, rc, "queue");
+          return FALSE;
+        }
+    }
   g_autoptr (StoreStmt) scan = store_conn_stmt (w,
       "SELECT " ITEM_ROW_COLS ", item_id, drive_id FROM items WHERE item_id IS NOT NULL", error);
   if (scan == NULL)
@@ -758,7 +791,7 @@ match_by_scan (Commit *c, GError **error)
       if (s == NULL || s->is_new)
         continue;
       s->ino = sqlite3_column_int64 (scan, R_INO);
-      if (!look_up_work (c, s, error))
+      if (!look_up_work (c, queue, s, error))
         return FALSE;
       judge_known (c, s, scan);
     }
@@ -791,7 +824,7 @@ match_by_lookup (Commit *c, GError **error)
       if (found)
         {
           s->ino = sqlite3_column_int64 (find, R_INO);
-          if (!look_up_work (c, s, error))
+          if (!look_up_work (c, NULL, s, error))
             return FALSE;
           judge_known (c, s, find);
         }
@@ -899,7 +932,9 @@ apply_exclusions (Commit *c, GError **error)
   g_autoptr (StoreStmt) mark = store_conn_stmt (w, "UPDATE items SET state = 2 WHERE ino = ?1", error);
   if (mark == NULL)
     return FALSE;
-  for (int round = 0; round < MAX_DEPTH; round++)
+  /* Until nothing changes: each round marks at least one more of the set's items, so this
+   * ends, whatever the depth (a cap here once left the bottom of a deep chain queued). */
+  for (;;)
     {
       guint changed = 0;
       for (guint i = 0; i < c->set->order->len; i++)

@@ -507,6 +507,54 @@ test_trim_memory (Fixture *f, gconstpointer data)
   g_assert_cmpuint (resolve (f, path), !=, 0);
 }
 
+/* A chain of new folders deeper than any bound, below an excluded folder, listed parents first
+ * and children first: all of it is recorded as excluded and nothing is queued. (A depth cap
+ * once left the bottom of such a chain queued, depending on the set's order.) */
+static void
+test_exclusion_deep_chain (Fixture *f, gconstpointer data)
+{
+  for (int children_first = 0; children_first < 2; children_first++)
+    {
+      GError *error = NULL;
+      g_autofree char *path = g_strdup_printf ("/S%d", children_first);
+      g_autofree char *root = g_strdup_printf ("S%d", children_first);
+      g_autofree char *x = g_strdup_printf ("X%d", children_first);
+      gint64 sid = add_source (f, path, root);
+      GPtrArray *set = items_new ();
+      g_ptr_array_add (set, mk_dir (x, root, "X"));
+      commit_set (f, sid, set, "l1", FALSE);
+      publish_all (f);
+      g_autofree char *xpath = g_strconcat (path, "/X", NULL);
+      g_assert_true (store_exclude (f->store, resolve (f, xpath), NULL, &error));
+      g_assert_no_error (error);
+
+      enum { DEPTH = 300 };
+      set = items_new ();
+      for (int d = 1; d <= DEPTH; d++)
+        {
+          g_autofree char *id = g_strdup_printf ("%s-c%d", x, d);
+          g_autofree char *parent = d == 1 ? g_strdup (x) : g_strdup_printf ("%s-c%d", x, d - 1);
+          g_autofree char *name = g_strdup_printf ("c%d", d);
+          g_ptr_array_add (set, mk_dir (id, parent, name));
+        }
+      g_autofree char *bottom = g_strdup_printf ("%s-c%d", x, DEPTH);
+      g_autofree char *file_id = g_strdup_printf ("%s-file", x);
+      g_ptr_array_add (set, mk_file (file_id, bottom, "deep.txt", "h"));
+      for (guint i = 0; children_first && i < set->len / 2; i++)
+        {
+          gpointer t = set->pdata[i];
+          set->pdata[i] = set->pdata[set->len - 1 - i];
+          set->pdata[set->len - 1 - i] = t;
+        }
+      StoreCommitStats st = commit_set (f, sid, set, "l2", FALSE);
+      g_assert_cmpuint (st.queued_downloads + st.queued_mkdirs, ==, 0);
+      g_assert_cmpuint (st.unchanged, ==, DEPTH + 1);
+      guint count = 9;
+      g_assert_true (store_work_count (f->store, &count, NULL));
+      g_assert_cmpuint (count, ==, 0);
+    }
+}
+
 static void
 test_reset_cursor (Fixture *f, gconstpointer data)
 {
@@ -1071,6 +1119,7 @@ main (int argc, char **argv)
   T ("/store/sources/drive-root", test_drive_root_source);
   T ("/store/sources/synthetic-taken-over", test_synthetic_taken_over);
   T ("/store/fs/exclusions", test_exclusions);
+  T ("/store/fs/exclusion-deep-chain", test_exclusion_deep_chain);
   T ("/store/concurrency/readers-and-publishers", test_concurrent);
   return g_test_run ();
 }
