@@ -136,6 +136,11 @@ typedef struct {
  * for deletion, so the server wins. Items under an exclusion are recorded but not queued. */
 gboolean store_stage_commit (Store *store, gint64 source_id, const char *delta_link,
                              gboolean reconcile, StoreCommitStats *stats, GError **error);
+/* Removes a source that left the configuration (src/store/source-remove.c): the source row
+ * goes, and what only it showed gets DELETE work, deepest first (@queued_deletes, optional,
+ * counts it), which the engine applies at its next run. What another source shows, or the
+ * folders that lead to one, stays; a source another one covers only loses its row. */
+gboolean store_source_remove (Store *store, gint64 source_id, guint *queued_deletes, GError **error);
 /* Drops the cursor (410, or a start with "full"); the queue is kept. */
 gboolean store_source_reset_cursor (Store *store, gint64 source_id, GError **error);
 

@@ -1751,6 +1751,27 @@ forget_unconfigured_modes (SyncEngine *e, GPtrArray *known)
     }
 }
 
+/* A source that left the configuration leaves the mount too: the store queues the deletion
+ * of what only it showed, and the next run applies it like a remote deletion (events, change
+ * feed). Configured again later, it is enumerated afresh. */
+static void
+remove_unconfigured_sources (SyncEngine *e, GPtrArray *known)
+{
+  for (guint i = 0; known && i < known->len; i++)
+    {
+      StoreSource *st = known->pdata[i];
+      if (engine_configures (e, st->remote_path))
+        continue;
+      g_autoptr (GError) error = NULL;
+      guint deletes = 0;
+      if (!store_source_remove (e->store, st->id, &deletes, &error))
+        g_warning ("cannot remove the unconfigured source %s: %s", st->remote_path, error->message);
+      else
+        g_info ("%s is no longer configured: %u item(s) leave the mount at the next run",
+                st->remote_path, deletes);
+    }
+}
+
 /* ---- public ---------------------------------------------------------------------------- */
 
 static void
@@ -1888,6 +1909,7 @@ sync_engine_new (const SyncConfig *config, Store *store, GraphClient *client, GE
 
   g_autoptr (GPtrArray) known = store_sources (store, NULL);
   forget_unconfigured_modes (e, known);
+  remove_unconfigured_sources (e, known);
   for (guint i = 0; i < e->sources->len; i++)
     {
       EngineSource *s = e->sources->pdata[i];

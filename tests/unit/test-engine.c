@@ -1180,7 +1180,7 @@ test_unconfigured_source_forgotten (Env *env, gconstpointer data)
 {
   /* Root-delta mode keeps a known-ids file per source. A source that leaves the configuration
    * takes its file with it — and its cursor, which is a root deltaLink that must never be
-   * followed as a folder's. Configured again, it is enumerated afresh and reconciled, so what
+   * followed as a folder's —, its store row, and at the next run its files in the mount. Configured again, it is enumerated afresh and reconciled, so what
    * changed meanwhile (a deletion too) arrives. Nothing else in the directory is touched. */
   env_faults (env, "{\"folder_delta_not_supported\":true}");
   env_add_file (env, "/Docs/a.txt", "alpha");
@@ -1203,16 +1203,17 @@ test_unconfigured_source_forgotten (Env *env, gconstpointer data)
   put_file (env, tmp_name);
   put_file (env, "source-4242.json");
 
-  /* /Other leaves the configuration. */
+  /* /Other leaves the configuration: its state and its store row go at once, its files at
+   * the next run. */
   EnvOptions opts2 = { .sources = docs_only };
   env_engine (env, &opts2);
-  gboolean docs_cursor = FALSE, other_cursor = TRUE;
+  gboolean docs_cursor = FALSE;
   store_source_id (env, "/Docs", &docs_cursor);
-  store_source_id (env, "/Other", &other_cursor);
+  g_autoptr (GPtrArray) left = store_sources (env->store, NULL);
+  g_assert_cmpuint (left->len, ==, 1);
   g_assert_true (mode_file_exists (env, docs));
   g_assert_true (docs_cursor);
   g_assert_false (mode_file_exists (env, other));
-  g_assert_false (other_cursor);
   g_assert_false (mode_file_exists (env, 4242));
   const char *kept[] = { "notes.json", "source-01.json", tmp_name };
   for (guint i = 0; i < G_N_ELEMENTS (kept); i++)
@@ -1220,10 +1221,15 @@ test_unconfigured_source_forgotten (Env *env, gconstpointer data)
       g_autofree char *p = mode_file (env, kept[i]);
       g_assert_true (g_file_test (p, G_FILE_TEST_EXISTS));
     }
+  g_assert_true (env_mount_has (env, "/Other/b.txt"));
   g_assert_cmpstr (env_sync (env, 0), ==, "completed");
   g_assert_false (mode_file_exists (env, other));
+  g_assert_false (env_mount_has (env, "/Other/b.txt"));
+  g_assert_false (env_mount_has (env, "/Other"));
+  g_assert_true (env_mount_has (env, "/Docs/a.txt"));
 
-  /* Meanwhile /Other changes; configured again it comes back whole and current. */
+  /* Meanwhile /Other changes; configured again it comes back whole and current (a new
+   * source: it is enumerated afresh). */
   env_itemop (env, "delete", "{\"path\":\"/Other/gone.txt\"}");
   env_add_file (env, "/Other/new.txt", "new");
   env_engine (env, &opts);
@@ -1238,7 +1244,8 @@ test_unconfigured_source_forgotten (Env *env, gconstpointer data)
     g_error ("/Other differs from remote: %s", why);
   assert_mirror_equals_remote (env);
   g_autoptr (cJSON) stats = env_admin (env, "GET", "stats", NULL);
-  g_assert_cmpfloat (cJSON_GetObjectItem (stats, "full_downloads")->valuedouble, ==, 1);   /* new.txt */
+  /* b.txt left the mount with its source; it comes back by download, like new.txt. */
+  g_assert_cmpfloat (cJSON_GetObjectItem (stats, "full_downloads")->valuedouble, ==, 2);
 }
 
 static void

@@ -805,6 +805,98 @@ test_overlap (Fixture *f, gconstpointer data)
 }
 
 static void
+remove_source (Fixture *f, gint64 sid, guint expect_deletes)
+{
+  GError *error = NULL;
+  guint queued = 99;
+  g_assert_true (store_source_remove (f->store, sid, &queued, &error));
+  g_assert_no_error (error);
+  g_assert_cmpuint (queued, ==, expect_deletes);
+}
+
+/* A removed source takes what only it showed, through DELETE work (deepest first), and the
+ * synthetic directory that only led to it; another source keeps its own. */
+static void
+test_source_removed (Fixture *f, gconstpointer data)
+{
+  GError *error = NULL;
+  gint64 reports = standard_tree (f);
+  gint64 other = add_source (f, "/Docs/Other", "O");
+  GPtrArray *set = items_new ();
+  g_ptr_array_add (set, mk_file ("o1", "O", "o1.txt", "ho"));
+  commit_set (f, other, set, "lo", FALSE);
+  publish_all (f);
+  g_assert_cmpuint (resolve (f, "/Docs/Reports/F/a.txt"), !=, 0);
+
+  remove_source (f, reports, 4);   /* a.txt, F, b.txt, Reports; /Docs still leads to Other */
+  g_autoptr (GPtrArray) work = take_work (f);
+  g_assert_cmpuint (work->len, ==, 4);
+  for (guint i = 0; i < work->len; i++)
+    g_assert_cmpint (((StoreWork *) work->pdata[i])->action, ==, STORE_ACTION_DELETE);
+  g_assert_cmpuint (work_index (work, "a"), <, work_index (work, "F"));
+  g_assert_cmpuint (work_index (work, "F"), <, work_index (work, "R"));
+  g_assert_cmpuint (work_index (work, "b"), <, work_index (work, "R"));
+  g_clear_pointer (&work, g_ptr_array_unref);
+  publish_all (f);
+  g_autofree char *docs = readdir_names (f, resolve (f, "/Docs"));
+  g_assert_cmpstr (docs, ==, "Other");
+  g_assert_cmpuint (resolve (f, "/Docs/Other/o1.txt"), !=, 0);
+  g_autoptr (GPtrArray) sources = store_sources (f->store, &error);
+  g_assert_cmpuint (sources->len, ==, 1);
+  g_assert_false (store_source_remove (f->store, reports, NULL, &error));
+  g_assert_error (error, STORE_ERROR, STORE_ERROR_NOT_FOUND);
+  g_clear_error (&error);
+
+  /* The last one takes the synthetic /Docs with it: the mount is empty. */
+  remove_source (f, other, 3);   /* o1.txt, Other, Docs */
+  publish_all (f);
+  g_autofree char *top = readdir_names (f, STORE_ROOT_INO);
+  g_assert_cmpstr (top, ==, "");
+}
+
+/* Overlaps: a source another covers loses only its row (its folder becomes an ordinary one
+ * of the covering source); removing the covering one keeps the path to the inner one and
+ * what the inner one shows. */
+static void
+test_source_removed_overlap (Fixture *f, gconstpointer data)
+{
+  gint64 outer = add_source (f, "/A", "A");
+  gint64 inner = add_source (f, "/A/B", "B");
+  GPtrArray *s1 = items_new ();
+  g_ptr_array_add (s1, mk_dir ("B", "A", "B"));
+  g_ptr_array_add (s1, mk_file ("x", "B", "x.txt", "hx"));
+  g_ptr_array_add (s1, mk_file ("y", "A", "y.txt", "hy"));
+  g_ptr_array_add (s1, mk_dir ("C", "A", "C"));
+  g_ptr_array_add (s1, mk_file ("z", "C", "z.txt", "hz"));
+  commit_set (f, outer, s1, "o1", FALSE);
+  GPtrArray *s2 = items_new ();
+  g_ptr_array_add (s2, mk_file ("x", "B", "x.txt", "hx"));
+  commit_set (f, inner, s2, "i1", FALSE);
+  publish_all (f);
+
+  /* The inner one goes: nothing leaves the mount, and B may now move with /A's changes. */
+  remove_source (f, inner, 0);
+  GPtrArray *s3 = items_new ();
+  g_ptr_array_add (s3, mk_dir ("B", "C", "B moved"));
+  commit_set (f, outer, s3, "o2", FALSE);
+  publish_all (f);
+  g_assert_cmpuint (resolve (f, "/A/C/B moved/x.txt"), !=, 0);
+
+  /* Configured again below its new place, then the outer one goes: what only /A showed
+   * leaves; the way to the inner one and what it holds stay. */
+  inner = add_source (f, "/A/C/B moved", "B");
+  remove_source (f, outer, 2);   /* y.txt, z.txt */
+  publish_all (f);
+  g_autofree char *a = readdir_names (f, resolve (f, "/A"));
+  g_assert_cmpstr (a, ==, "C");
+  g_autofree char *c = readdir_names (f, resolve (f, "/A/C"));
+  g_assert_cmpstr (c, ==, "B moved");
+  g_assert_cmpuint (resolve (f, "/A/C/B moved/x.txt"), !=, 0);
+  g_assert_cmpuint (resolve (f, "/A/y.txt"), ==, 0);
+  (void) inner;
+}
+
+static void
 test_synthetic_dirs (Fixture *f, gconstpointer data)
 {
   gint64 r = add_source (f, "/Documents/Reports", "R");
@@ -1116,6 +1208,8 @@ main (int argc, char **argv)
   T ("/store/queue/publish-batch", test_publish_batch);
   T ("/store/sources/overlap", test_overlap);
   T ("/store/sources/synthetic-dirs", test_synthetic_dirs);
+  T ("/store/sources/removed", test_source_removed);
+  T ("/store/sources/removed-overlap", test_source_removed_overlap);
   T ("/store/sources/drive-root", test_drive_root_source);
   T ("/store/sources/synthetic-taken-over", test_synthetic_taken_over);
   T ("/store/fs/exclusions", test_exclusions);
