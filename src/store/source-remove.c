@@ -95,12 +95,14 @@ still_needed (StoreConn *w, gint64 source_id, GHashTable *roots, GHashTable *kee
   return TRUE;
 }
 
-/* What only the removed source shows, below @root (BFS, not into anchored items). */
+/* What only the removed source shows, below @root (BFS, not into anchored items); the other
+ * sources' roots met on the way go to @inner. */
 static gboolean
-collect_below (StoreConn *w, gint64 root, GHashTable *keep, GArray *gone, GError **error)
+collect_below (StoreConn *w, gint64 root, GHashTable *keep, GHashTable *roots, GArray *gone,
+               GArray *inner, GError **error)
 {
   g_autoptr (StoreStmt) children = store_conn_stmt (w,
-      "SELECT ino, state FROM items WHERE t_parent_ino = ?1 AND anchored = 0", error);
+      "SELECT ino, state, anchored FROM items WHERE t_parent_ino = ?1", error);
   if (children == NULL)
     return FALSE;
   g_autoptr (GArray) level = g_array_new (FALSE, FALSE, sizeof (gint64));
@@ -115,6 +117,12 @@ collect_below (StoreConn *w, gint64 root, GHashTable *keep, GArray *gone, GError
           while ((rc = sqlite3_step (children)) == SQLITE_ROW)
             {
               gint64 ino = sqlite3_column_int64 (children, 0);
+              if (sqlite3_column_int (children, 2))
+                {
+                  if (g_hash_table_contains (roots, &ino))
+                    g_array_append_val (inner, ino);
+                  continue;
+                }
               g_array_append_val (next, ino);
               /* A folder on the way to a kept source stays; what else it holds goes. */
               if (!g_hash_table_contains (keep, &ino))
@@ -131,6 +139,26 @@ collect_below (StoreConn *w, gint64 root, GHashTable *keep, GArray *gone, GError
       level = g_steal_pointer (&next);
     }
   return TRUE;
+}
+
+/* The items the removed source reported last that stay (below @root, another source's root)
+ * now belong to that source, so its reconciles see them (a reconcile only deletes its own
+ * source's leftovers). */
+static gboolean
+hand_over (StoreConn *w, gint64 source_id, gint64 root, GError **error)
+{
+  g_autoptr (StoreStmt) st = store_conn_stmt (w,
+      "WITH RECURSIVE sub (ino, depth) AS (SELECT ?2, 0 UNION ALL"
+      "  SELECT c.ino, sub.depth + 1 FROM items c JOIN sub ON c.t_parent_ino = sub.ino"
+      "  WHERE sub.depth < " G_STRINGIFY (MAX_DEPTH) ")"
+      " UPDATE items SET source_id = (SELECT id FROM sources WHERE root_ino = ?2 AND id <> ?1"
+      "  ORDER BY id LIMIT 1)"
+      " WHERE source_id = ?1 AND ino IN (SELECT ino FROM sub)", error);
+  if (st == NULL)
+    return FALSE;
+  sqlite3_bind_int64 (st, 1, source_id);
+  sqlite3_bind_int64 (st, 2, root);
+  return store_stmt_run (w, st, "hand over", error);
 }
 
 static gboolean
@@ -165,8 +193,11 @@ remove_locked (Store *store, gint64 source_id, guint *queued, GError **error)
         return FALSE;
     }
   g_autoptr (GArray) gone = g_array_new (FALSE, FALSE, sizeof (Gone));
+  g_autoptr (GArray) inner = g_array_new (FALSE, FALSE, sizeof (gint64));
   if (covered)
     {
+      if (!hand_over (w, source_id, up, error))
+        return FALSE;
       if (!g_hash_table_contains (roots, &root))
         {
           g_autoptr (StoreStmt) st = store_conn_stmt (w,
@@ -180,8 +211,11 @@ remove_locked (Store *store, gint64 source_id, guint *queued, GError **error)
     }
   else
     {
-      if (!collect_below (w, root, keep, gone, error))
+      if (!collect_below (w, root, keep, roots, gone, inner, error))
         return FALSE;
+      for (guint i = 0; i < inner->len; i++)
+        if (!hand_over (w, source_id, g_array_index (inner, gint64, i), error))
+          return FALSE;
       if (!g_hash_table_contains (keep, &root))
         {
           g_array_append_val (gone, ((Gone) { root, 0, ITEM_PUBLISHED, TRUE }));

@@ -874,16 +874,33 @@ test_source_removed_overlap (Fixture *f, gconstpointer data)
   commit_set (f, inner, s2, "i1", FALSE);
   publish_all (f);
 
-  /* The inner one goes: nothing leaves the mount, and B may now move with /A's changes. */
+  /* The inner one goes: nothing leaves the mount, B may now move with /A's changes, and what
+   * the inner one reported last (x.txt) is /A's now: /A's reconcile deletes it when it is
+   * gone remotely. */
   remove_source (f, inner, 0);
   GPtrArray *s3 = items_new ();
   g_ptr_array_add (s3, mk_dir ("B", "C", "B moved"));
   commit_set (f, outer, s3, "o2", FALSE);
   publish_all (f);
   g_assert_cmpuint (resolve (f, "/A/C/B moved/x.txt"), !=, 0);
+  GPtrArray *full = items_new ();
+  g_ptr_array_add (full, mk_dir ("A", "P", "A"));
+  g_ptr_array_add (full, mk_file ("y", "A", "y.txt", "hy"));
+  g_ptr_array_add (full, mk_dir ("C", "A", "C"));
+  g_ptr_array_add (full, mk_file ("z", "C", "z.txt", "hz"));
+  g_ptr_array_add (full, mk_dir ("B", "C", "B moved"));
+  StoreCommitStats st = commit_set (f, outer, full, "o3", TRUE);
+  g_assert_cmpuint (st.queued_deletes, ==, 1);
+  publish_all (f);
+  g_assert_cmpuint (resolve (f, "/A/C/B moved/x.txt"), ==, 0);
+  GPtrArray *back = items_new ();
+  g_ptr_array_add (back, mk_file ("x", "B", "x.txt", "hx"));
+  commit_set (f, outer, back, "o4", FALSE);
+  publish_all (f);
 
   /* Configured again below its new place, then the outer one goes: what only /A showed
-   * leaves; the way to the inner one and what it holds stay. */
+   * leaves; the way to the inner one and what it holds stay, and x.txt (reported last by /A)
+   * is the inner one's now. */
   inner = add_source (f, "/A/C/B moved", "B");
   remove_source (f, outer, 2);   /* y.txt, z.txt */
   publish_all (f);
@@ -893,7 +910,12 @@ test_source_removed_overlap (Fixture *f, gconstpointer data)
   g_assert_cmpstr (c, ==, "B moved");
   g_assert_cmpuint (resolve (f, "/A/C/B moved/x.txt"), !=, 0);
   g_assert_cmpuint (resolve (f, "/A/y.txt"), ==, 0);
-  (void) inner;
+  GPtrArray *empty = items_new ();
+  g_ptr_array_add (empty, mk_dir ("B", "C", "B moved"));
+  st = commit_set (f, inner, empty, "i2", TRUE);
+  g_assert_cmpuint (st.queued_deletes, ==, 1);
+  publish_all (f);
+  g_assert_cmpuint (resolve (f, "/A/C/B moved/x.txt"), ==, 0);
 }
 
 static void
