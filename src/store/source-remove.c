@@ -58,6 +58,20 @@ parent_of (StoreConn *w, gint64 ino, gint64 *parent, gboolean *synthetic, GError
   return TRUE;
 }
 
+/* A real folder nobody reports any more: a removal left it on the way to another source.
+ * An error reads as "owned": the walk then stops, which keeps more, never less. */
+static gboolean
+unowned (StoreConn *w, gint64 ino)
+{
+  g_autoptr (StoreStmt) st = store_conn_stmt (w,
+      "SELECT 1 FROM items WHERE ino = ?1 AND item_id IS NOT NULL AND source_id IS NULL AND ino <> 1",
+      NULL);
+  if (st == NULL)
+    return FALSE;
+  sqlite3_bind_int64 (st, 1, ino);
+  return sqlite3_step (st) == SQLITE_ROW;
+}
+
 /* Every other source's root and the folders above it (the mount root included). */
 static gboolean
 still_needed (StoreConn *w, gint64 source_id, GHashTable *roots, GHashTable *keep, GError **error)
@@ -171,9 +185,15 @@ remove_locked (Store *store, gint64 source_id, guint *queued, GError **error)
     if (st == NULL)
       return FALSE;
     sqlite3_bind_int64 (st, 1, source_id);
-    if (sqlite3_step (st) != SQLITE_ROW)
+    int rc = sqlite3_step (st);
+    if (rc == SQLITE_DONE)
       {
         g_set_error (error, STORE_ERROR, STORE_ERROR_NOT_FOUND, "no source %" G_GINT64_FORMAT, source_id);
+        return FALSE;
+      }
+    if (rc != SQLITE_ROW)
+      {
+        store_set_sqlite_error (error, w, rc, "source");
         return FALSE;
       }
     root = sqlite3_column_int64 (st, 0);
@@ -196,7 +216,15 @@ remove_locked (Store *store, gint64 source_id, guint *queued, GError **error)
   g_autoptr (GArray) inner = g_array_new (FALSE, FALSE, sizeof (gint64));
   if (covered)
     {
-      if (!hand_over (w, source_id, up, error))
+      /* Everything the removed source reported lies below the covering root. */
+      g_autoptr (StoreStmt) adopt = store_conn_stmt (w,
+          "UPDATE items SET source_id = (SELECT id FROM sources WHERE root_ino = ?2 AND id <> ?1"
+          "  ORDER BY id LIMIT 1) WHERE source_id = ?1", error);
+      if (adopt == NULL)
+        return FALSE;
+      sqlite3_bind_int64 (adopt, 1, source_id);
+      sqlite3_bind_int64 (adopt, 2, up);
+      if (!store_stmt_run (w, adopt, "hand over", error))
         return FALSE;
       if (!g_hash_table_contains (roots, &root))
         {
@@ -229,7 +257,8 @@ remove_locked (Store *store, gint64 source_id, guint *queued, GError **error)
               gint64 above = 0;
               if (!parent_of (w, p, &above, &synthetic, error))
                 return FALSE;
-              if (!synthetic)
+              /* Synthetic, or a folder an earlier removal left only on the way here. */
+              if (!synthetic && !unowned (w, p))
                 break;
               g_array_append_val (gone, ((Gone) { p, depth, ITEM_PUBLISHED, TRUE }));
               p = above;
@@ -261,6 +290,17 @@ remove_locked (Store *store, gint64 source_id, guint *queued, GError **error)
         return FALSE;
       *queued += st == queue;
     }
+
+  /* Nothing may point at the removed source any more: its id can be handed out again, and a
+   * reconcile of the next source with that id would take what stays here (the folders on the
+   * way to another source) for its own leftovers. */
+  g_autoptr (StoreStmt) disown = store_conn_stmt (w,
+      "UPDATE items SET source_id = NULL WHERE source_id = ?1", error);
+  if (disown == NULL)
+    return FALSE;
+  sqlite3_bind_int64 (disown, 1, source_id);
+  if (!store_stmt_run (w, disown, "disown", error))
+    return FALSE;
 
   g_autoptr (StoreStmt) drop = store_conn_stmt (w, "DELETE FROM sources WHERE id = ?1", error);
   if (drop == NULL)

@@ -780,6 +780,23 @@ bind_anchor (StoreConn *w, gint64 ino, gint64 parent, const char *name, const ch
   return store_stmt_run (w, st, "bind directory", error);
 }
 
+/* A folder on the way to a source being configured that a removed source left to be deleted
+ * (its DELETE work not applied yet) must stay: the engine configures a source only once its
+ * path was found remotely. Its delete is dropped, and a synthetic one is pinned again (the
+ * removal had unpinned it). */
+static gboolean
+revive_on_path (StoreConn *w, gint64 ino, GError **error)
+{
+  g_autoptr (StoreStmt) drop = store_conn_stmt (w, "DELETE FROM work WHERE ino = ?1 AND action = 3", error);
+  g_autoptr (StoreStmt) pin = drop == NULL ? NULL : store_conn_stmt (w,
+      "UPDATE items SET anchored = 1 WHERE ino = ?1 AND item_id IS NULL", error);
+  if (pin == NULL)
+    return FALSE;
+  sqlite3_bind_int64 (drop, 1, ino);
+  sqlite3_bind_int64 (pin, 1, ino);
+  return store_stmt_run (w, drop, "revive", error) && store_stmt_run (w, pin, "pin synthetic", error);
+}
+
 static gboolean
 source_ensure_locked (Store *store, const char *remote_path, const char *drive_id,
                       const char *item_id, gint64 *source_id, GError **error)
@@ -805,6 +822,8 @@ source_ensure_locked (Store *store, const char *remote_path, const char *drive_i
       if (!find_child (w, parent, parts[i], &ino, error))
         return FALSE;
       if (ino == 0 && !insert_anchor (w, parent, parts[i], NULL, NULL, &ino, error))
+        return FALSE;
+      if (!revive_on_path (w, ino, error))
         return FALSE;
       parent = ino;
     }
@@ -833,7 +852,8 @@ source_ensure_locked (Store *store, const char *remote_path, const char *drive_i
         return FALSE;
     }
   else if (!bind_anchor (w, root, n == 0 ? 0 : parent, n == 0 ? NULL : parts[n - 1],
-                         drive_id, item_id, error))
+                         drive_id, item_id, error) ||
+           !revive_on_path (w, root, error))
     return FALSE;
 
   /* The source row. A different item under the same path (deleted and re-created remotely)

@@ -1175,6 +1175,29 @@ put_file (Env *env, const char *name)
   g_assert_true (g_file_set_contents (p, "{}", -1, NULL));
 }
 
+/* One source swapped for its sibling: "/Docs/A" out, "/Docs/B" in. The removal queues the
+ * synthetic "/Docs" for deletion at construction; the run configures "/Docs/B" below it before
+ * the queue drains, so "/Docs" must stay (it once went, and took /Docs/B out of the mount). */
+static void
+test_source_swapped_for_sibling (Env *env, gconstpointer data)
+{
+  env_add_file (env, "/Docs/A/a.txt", "alpha");
+  env_add_file (env, "/Docs/B/b.txt", "beta");
+  static const char *const a[] = { "/Docs/A", NULL };
+  static const char *const b[] = { "/Docs/B", NULL };
+  EnvOptions oa = { .sources = a };
+  env_engine (env, &oa);
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed");
+  g_assert_true (env_mount_has (env, "/Docs/A/a.txt"));
+  EnvOptions ob = { .sources = b };
+  env_engine (env, &ob);
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed");
+  g_assert_true (env_mount_has (env, "/Docs/B/b.txt"));
+  g_assert_false (env_mount_has (env, "/Docs/A"));
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed");
+  g_assert_true (env_mount_has (env, "/Docs/B/b.txt"));
+}
+
 static void
 test_unconfigured_source_forgotten (Env *env, gconstpointer data)
 {
@@ -1785,6 +1808,7 @@ main (int argc, char **argv)
   env_add ("/engine/package-and-shortcut-root-delta", test_package_and_shortcut_root_delta);
   env_add ("/engine/syncfs-before-publish", test_syncfs_before_publish);
   env_add ("/engine/unconfigured-source-forgotten", test_unconfigured_source_forgotten);
+  env_add ("/engine/source-swapped-for-sibling", test_source_swapped_for_sibling);
   env_add ("/engine/failed-full-start-reconciles-later", test_failed_full_start_reconciles_later);
   env_add ("/engine/publish-notes-before-event", test_publish_notes_before_event);
   env_add ("/engine/withdrawn-notes-before-event", test_withdrawn_notes_before_event);
