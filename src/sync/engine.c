@@ -406,6 +406,11 @@ is_folder_work (const StoreWork *work)
 static gboolean
 is_news (const StoreWork *work)
 {
+  /* The deletion of an item the mount never showed (a failed download whose source left the
+   * configuration, a tombstone for a pending file) changes nothing anyone saw; announced, it
+   * read "deleted /", which a script replaying the feed could take for the whole mount. */
+  if (work->action == STORE_ACTION_DELETE && !work->old_path)
+    return FALSE;
   return !(is_folder_work (work) && work->action == STORE_ACTION_MKDIR && !work->old_path);
 }
 

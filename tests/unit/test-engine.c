@@ -1198,6 +1198,41 @@ test_source_swapped_for_sibling (Env *env, gconstpointer data)
   g_assert_true (env_mount_has (env, "/Docs/B/b.txt"));
 }
 
+/* A file that never reached the mount (its download failed) leaves with its source: its
+ * deletion is no news, and nothing in the feed or the events says "deleted /". */
+static void
+test_removed_source_unpublished_file (Env *env, gconstpointer data)
+{
+  env_add_file (env, "/Keep/k.txt", "kept");
+  env_add_file (env, "/Gone/ok.txt", "fine");
+  g_autofree char *bad_id = env_add_file_id (env, "/Gone/bad.txt", "never arrives");
+  g_autofree char *rule = g_strdup_printf (
+      "{\"errors\":[{\"status\":404,\"route\":\"content\",\"item_id\":\"%s\",\"count\":1000}]}", bad_id);
+  env_faults (env, rule);
+  static const char *const both[] = { "/Keep", "/Gone", NULL };
+  static const char *const keep[] = { "/Keep", NULL };
+  EnvOptions ob = { .sources = both };
+  env_engine (env, &ob);
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed_with_errors");
+  g_assert_false (env_mount_has (env, "/Gone/bad.txt"));
+  EnvOptions ok = { .sources = keep };
+  env_engine (env, &ok);
+  g_assert_cmpstr (env_sync (env, 0), ==, "completed");
+  g_assert_false (env_mount_has (env, "/Gone"));
+  g_assert_true (env_mount_has (env, "/Keep/k.txt"));
+  g_autoptr (GPtrArray) feed = read_feed (env);
+  guint deleted = 0;
+  for (guint i = 0; i < feed->len; i++)
+    {
+      const cJSON *line = feed->pdata[i];
+      const char *path = cJSON_GetStringValue (cJSON_GetObjectItem (line, "path"));
+      g_assert_cmpstr (path, !=, "/");
+      if (g_strcmp0 (cJSON_GetStringValue (cJSON_GetObjectItem (line, "action")), "deleted") == 0)
+        deleted++;
+    }
+  g_assert_cmpuint (deleted, ==, 2);   /* /Gone/ok.txt and /Gone, which the mount showed */
+}
+
 static void
 test_unconfigured_source_forgotten (Env *env, gconstpointer data)
 {
@@ -1809,6 +1844,7 @@ main (int argc, char **argv)
   env_add ("/engine/syncfs-before-publish", test_syncfs_before_publish);
   env_add ("/engine/unconfigured-source-forgotten", test_unconfigured_source_forgotten);
   env_add ("/engine/source-swapped-for-sibling", test_source_swapped_for_sibling);
+  env_add ("/engine/removed-source-unpublished-file", test_removed_source_unpublished_file);
   env_add ("/engine/failed-full-start-reconciles-later", test_failed_full_start_reconciles_later);
   env_add ("/engine/publish-notes-before-event", test_publish_notes_before_event);
   env_add ("/engine/withdrawn-notes-before-event", test_withdrawn_notes_before_event);
