@@ -9,15 +9,6 @@
 #include "test-store-util.h"
 #include <sqlite3.h>
 
-static gint64
-add_source (Fixture *f, const char *path, const char *item_id)
-{
-  GError *error = NULL;
-  gint64 sid = 0;
-  g_assert_true (store_source_ensure (f->store, path, "drive1", item_id, &sid, &error));
-  g_assert_no_error (error);
-  return sid;
-}
 
 static StoreCommitStats
 commit_set (Fixture *f, gint64 sid, GPtrArray *items, const char *link, gboolean reconcile)
@@ -33,35 +24,7 @@ commit_set (Fixture *f, gint64 sid, GPtrArray *items, const char *link, gboolean
   return stats;
 }
 
-/* Publishes every due work in id order, like the engine's drain. */
-static void
-drain (Fixture *f)
-{
-  g_autoptr (GPtrArray) work = take_work (f);
-  for (guint i = 0; i < work->len; i++)
-    publish (f, work->pdata[i], NULL);
-}
 
-static guint64
-resolve (Fixture *f, const char *path)
-{
-  g_auto (GStrv) parts = g_strsplit (path, "/", -1);
-  guint64 ino = STORE_ROOT_INO;
-  for (char **p = parts; *p; p++)
-    {
-      if (**p == '\0')
-        continue;
-      g_auto (StoreEntry) e = { 0 };
-      GError *error = NULL;
-      if (!store_lookup (f->store, ino, *p, &e, &error))
-        {
-          g_clear_error (&error);
-          return 0;
-        }
-      ino = e.ino;
-    }
-  return ino;
-}
 
 static char *
 ls (Fixture *f, const char *path)
@@ -151,10 +114,10 @@ test_root_removed (Fixture *f, gconstpointer data)
 {
   gint64 root = add_source (f, "/", "ROOT");
   commit_set (f, root, root_set (), "r1", FALSE);
-  drain (f);
+  publish_due (f);
   gint64 docs = add_source (f, "/Docs", "D");
   remove_source (f, root, 3);   /* top.txt, Other, o.txt */
-  drain (f);
+  publish_due (f);
   g_autofree char *top = ls (f, "/");
   g_assert_cmpstr (top, ==, "Docs");
   g_autofree char *d = ls (f, "/Docs");
@@ -173,21 +136,21 @@ test_docs_removed_root_stays (Fixture *f, gconstpointer data)
 {
   gint64 root = add_source (f, "/", "ROOT");
   commit_set (f, root, root_set (), "r1", FALSE);
-  drain (f);
+  publish_due (f);
   gint64 docs = add_source (f, "/Docs", "D");
   commit_set (f, docs, docs_set (), "d1", FALSE);
-  drain (f);
+  publish_due (f);
   remove_source (f, docs, 0);
   audit (f, "docs removed");
   /* /Docs renamed remotely: "/" moves it now. */
   GPtrArray *s = items_new ();
   g_ptr_array_add (s, mk_dir ("D", "ROOT", "Docs2"));
   commit_set (f, root, s, "r2", FALSE);
-  drain (f);
+  publish_due (f);
   g_assert_cmpuint (resolve (f, "/Docs2/Sub/s.txt"), !=, 0);
   StoreCommitStats st = commit_set (f, root, root_set (), "r3", TRUE);  /* "Docs" again */
   g_assert_cmpuint (st.queued_deletes, ==, 0);
-  drain (f);
+  publish_due (f);
   g_autofree char *top = ls (f, "/");
   g_assert_cmpstr (top, ==, "Docs Other top.txt");
 }
@@ -210,10 +173,10 @@ test_case_change_both (Fixture *f, gconstpointer data)
 {
   gint64 old = add_source (f, "/Docs/A", "A");
   commit_set (f, old, a_set ("A"), "a1", FALSE);
-  drain (f);
+  publish_due (f);
   add_source (f, "/docs/A", "A");
   remove_source (f, old, 0);
-  drain (f);
+  publish_due (f);
   g_assert_cmpuint (resolve (f, "/docs/A/F/y.txt"), !=, 0);
   /* Known leftover: the old spelling's synthetic "Docs" stays, empty. The engine's order
    * (removal before the new spelling is configured, the case below) does not leave it. */
@@ -228,11 +191,11 @@ engine_order (Fixture *f, const char *old_path, const char *new_path, const char
 {
   gint64 old = add_source (f, old_path, "A");
   commit_set (f, old, a_set ("A"), "a1", FALSE);
-  drain (f);
+  publish_due (f);
   remove_source (f, old, -1);
   gint64 nu = add_source (f, new_path, "A");
   commit_set (f, nu, a_set (root_name), "n1", FALSE);
-  drain (f);
+  publish_due (f);
   g_autofree char *top = ls (f, "/");
   g_test_message ("%s -> %s: / = [%s]", old_path, new_path, top);
   g_assert_cmpuint (resolve (f, visible), !=, 0);
@@ -269,14 +232,14 @@ test_sibling_replaces (Fixture *f, gconstpointer data)
 {
   gint64 a = add_source (f, "/Docs/A", "A");
   commit_set (f, a, a_set ("A"), "a1", FALSE);
-  drain (f);
+  publish_due (f);
   remove_source (f, a, 5);   /* y, x, F, A, Docs */
   gint64 b = add_source (f, "/Docs/B", "B");
   GPtrArray *s = items_new ();
   g_ptr_array_add (s, mk_dir ("B", "DOCS", "B"));
   g_ptr_array_add (s, mk_file ("b", "B", "b.txt", "hb"));
   commit_set (f, b, s, "b1", FALSE);
-  drain (f);
+  publish_due (f);
   g_autofree char *top = ls (f, "/");
   g_autofree char *docs = ls (f, "/Docs");
   g_test_message ("/ = [%s], /Docs = [%s]", top, docs);
@@ -342,7 +305,7 @@ test_pending_failed_excluded_filtered (Fixture *f, gconstpointer data)
   for (guint i = 0; stale && i < stale->len; i++)
     back |= !g_strcmp0 (stale->pdata[i], "obj-fly");
   g_assert_true (back);
-  drain (f);
+  publish_due (f);
   guint n = 9;
   g_assert_true (store_work_count (f->store, &n, NULL));
   g_assert_cmpuint (n, ==, 0);
@@ -367,14 +330,14 @@ test_shared_synthetic (Fixture *f, gconstpointer data)
   s = items_new ();
   g_ptr_array_add (s, mk_file ("b1", "B", "b1.txt", "hb"));
   commit_set (f, b, s, "b", FALSE);
-  drain (f);
+  publish_due (f);
   remove_source (f, a, 2);
-  drain (f);
+  publish_due (f);
   g_autofree char *docs = ls (f, "/Docs");
   g_assert_cmpstr (docs, ==, "B");
   g_assert_cmpuint (resolve (f, "/Docs/B/b1.txt"), !=, 0);
   remove_source (f, b, 3);
-  drain (f);
+  publish_due (f);
   g_autofree char *top = ls (f, "/");
   g_assert_cmpstr (top, ==, "");
   g_assert_cmpint (q1 (f, "SELECT count(*) FROM items"), ==, 1);
@@ -403,13 +366,13 @@ test_nested_three (Fixture *f, gconstpointer data)
   s = items_new ();
   g_ptr_array_add (s, mk_file ("c1", "C", "c1.txt", "h3"));
   commit_set (f, c, s, "c", FALSE);
-  drain (f);
+  publish_due (f);
   remove_source (f, b, 0);
-  drain (f);
+  publish_due (f);
   g_autofree char *lb = ls (f, "/A/B");
   g_assert_cmpstr (lb, ==, "C b1.txt b2.txt");
   remove_source (f, a, 3);   /* a1, b1, b2 */
-  drain (f);
+  publish_due (f);
   g_autofree char *la = ls (f, "/A");
   g_assert_cmpstr (la, ==, "B");
   g_autofree char *lb2 = ls (f, "/A/B");
@@ -430,16 +393,16 @@ moved_between (Fixture *f, gboolean publish_move)
   g_ptr_array_add (s, mk_file ("x", "A", "x.txt", "hx"));
   g_ptr_array_add (s, mk_dir ("Fa", "A", "Fa"));
   commit_set (f, a, s, "a1", FALSE);
-  drain (f);
+  publish_due (f);
   s = items_new ();   /* B reports x (and folder Fa) moved into B */
   g_ptr_array_add (s, mk_file ("x", "B", "x.txt", "hx"));
   g_ptr_array_add (s, mk_dir ("Fa", "B", "Fa"));
   g_ptr_array_add (s, mk_file ("z", "Fa", "z.txt", "hz"));
   commit_set (f, b, s, "b1", FALSE);
   if (publish_move)
-    drain (f);
+    publish_due (f);
   remove_source (f, a, 1);   /* A itself */
-  drain (f);
+  publish_due (f);
   g_assert_cmpuint (resolve (f, "/B/x.txt"), !=, 0);
   g_assert_cmpuint (resolve (f, "/B/Fa/z.txt"), !=, 0);
   audit (f, "moved");
@@ -474,9 +437,9 @@ test_id_reuse (Fixture *f, gconstpointer data)
   s = items_new ();
   g_ptr_array_add (s, mk_file ("b1", "B", "b1.txt", "h3"));
   commit_set (f, inner, s, "i1", FALSE);
-  drain (f);
+  publish_due (f);
   remove_source (f, x, 2);   /* x1, c1 */
-  drain (f);
+  publish_due (f);
   g_assert_cmpuint (resolve (f, "/X/C/B/b1.txt"), !=, 0);
   audit (f, "after removal");
   gint64 y = add_source (f, "/Y", "Y");
@@ -487,7 +450,7 @@ test_id_reuse (Fixture *f, gconstpointer data)
   StoreCommitStats st = commit_set (f, y, s, "y1", TRUE);   /* a full start */
   g_test_message ("Y's reconcile queued %u deletes", st.queued_deletes);
   g_assert_cmpuint (st.queued_deletes, ==, 0);
-  drain (f);
+  publish_due (f);
   g_assert_cmpuint (resolve (f, "/X/C/B/b1.txt"), !=, 0);
 }
 
@@ -503,11 +466,11 @@ test_outer_then_inner (Fixture *f, gconstpointer data)
   g_ptr_array_add (s, mk_dir ("B", "C", "B"));
   g_ptr_array_add (s, mk_file ("b1", "B", "b1.txt", "h3"));
   commit_set (f, x, s, "x1", FALSE);
-  drain (f);
+  publish_due (f);
   remove_source (f, x, 0);
-  drain (f);
+  publish_due (f);
   remove_source (f, inner, -1);
-  drain (f);
+  publish_due (f);
   g_autofree char *top = ls (f, "/");
   g_autofree char *lx = ls (f, "/X");
   g_test_message ("/ = [%s], /X = [%s], rows %" G_GINT64_FORMAT, top, lx, q1 (f, "SELECT count(*) FROM items"));
@@ -523,7 +486,7 @@ test_twice (Fixture *f, gconstpointer data)
   GPtrArray *s = items_new ();
   g_ptr_array_add (s, mk_file ("x", "A", "x.txt", "hx"));
   commit_set (f, a, s, "a1", FALSE);
-  drain (f);
+  publish_due (f);
   remove_source (f, a, 2);
   guint n1 = 0, n2 = 0;
   g_assert_true (store_work_count (f->store, &n1, NULL));
@@ -532,7 +495,7 @@ test_twice (Fixture *f, gconstpointer data)
   g_clear_error (&error);
   g_assert_true (store_work_count (f->store, &n2, NULL));
   g_assert_cmpuint (n1, ==, n2);
-  drain (f);
+  publish_due (f);
   /* Configured again after the drain: enumerated afresh. */
   gint64 a2 = add_source (f, "/A", "A");
   s = items_new ();
@@ -540,7 +503,7 @@ test_twice (Fixture *f, gconstpointer data)
   g_ptr_array_add (s, mk_file ("x", "A", "x.txt", "hx"));
   StoreCommitStats st = commit_set (f, a2, s, "a2", FALSE);
   g_assert_cmpuint (st.queued_downloads, ==, 1);
-  drain (f);
+  publish_due (f);
   g_assert_cmpuint (resolve (f, "/A/x.txt"), !=, 0);
   audit (f, "twice");
 }

@@ -127,3 +127,59 @@ publish (Fixture *f, StoreWork *w, GPtrArray **stale)
   g_assert_true (store_work_publish (f->store, w, object, stale, &error));
   g_assert_no_error (error);
 }
+
+static inline gint64
+add_source (Fixture *f, const char *path, const char *item_id)
+{
+  GError *error = NULL;
+  gint64 sid = 0;
+  g_assert_true (store_source_ensure (f->store, path, "drive1", item_id, &sid, &error));
+  g_assert_no_error (error);
+  g_assert_cmpint (sid, >, 0);
+  return sid;
+}
+
+/* Resolves "/a/b/c" through lookups from the root; 0 when some component is not visible. */
+static inline guint64
+resolve (Fixture *f, const char *path)
+{
+  g_auto (GStrv) parts = g_strsplit (path, "/", -1);
+  guint64 ino = STORE_ROOT_INO;
+  for (char **p = parts; *p; p++)
+    {
+      if (**p == '\0')
+        continue;
+      g_auto (StoreEntry) e = { 0 };
+      GError *error = NULL;
+      if (!store_lookup (f->store, ino, *p, &e, &error))
+        {
+          g_assert_error (error, STORE_ERROR, STORE_ERROR_NOT_FOUND);
+          g_clear_error (&error);
+          return 0;
+        }
+      ino = e.ino;
+    }
+  return ino;
+}
+
+/* Publishes every due work in id order, as the engine's drain does. */
+static inline void
+publish_due (Fixture *f)
+{
+  g_autoptr (GPtrArray) work = take_work (f);
+  for (guint i = 0; i < work->len; i++)
+    {
+      g_autoptr (GPtrArray) stale = NULL;
+      publish (f, work->pdata[i], &stale);
+    }
+}
+
+/* ... and checks nothing is left queued. */
+static inline void
+publish_all (Fixture *f)
+{
+  publish_due (f);
+  guint count = 99;
+  g_assert_true (store_work_count (f->store, &count, NULL));
+  g_assert_cmpuint (count, ==, 0);
+}

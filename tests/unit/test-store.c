@@ -7,16 +7,6 @@
 
 /* ---- helpers --------------------------------------------------------------------------- */
 
-static gint64
-add_source (Fixture *f, const char *path, const char *item_id)
-{
-  GError *error = NULL;
-  gint64 sid = 0;
-  g_assert_true (store_source_ensure (f->store, path, "drive1", item_id, &sid, &error));
-  g_assert_no_error (error);
-  g_assert_cmpint (sid, >, 0);
-  return sid;
-}
 
 /* Stages @items (taking them) in pages of two and commits with @link. */
 static StoreCommitStats
@@ -62,42 +52,7 @@ work_index (GPtrArray *work, const char *item_id)
 }
 
 
-static void
-publish_all (Fixture *f)
-{
-  g_autoptr (GPtrArray) work = take_work (f);
-  for (guint i = 0; i < work->len; i++)
-    {
-      g_autoptr (GPtrArray) stale = NULL;
-      publish (f, work->pdata[i], &stale);
-    }
-  guint count = 99;
-  g_assert_true (store_work_count (f->store, &count, NULL));
-  g_assert_cmpuint (count, ==, 0);
-}
 
-/* Resolves "/a/b/c" through lookups from the root; 0 when some component is not visible. */
-static guint64
-resolve (Fixture *f, const char *path)
-{
-  g_auto (GStrv) parts = g_strsplit (path, "/", -1);
-  guint64 ino = STORE_ROOT_INO;
-  for (char **p = parts; *p; p++)
-    {
-      if (**p == '\0')
-        continue;
-      g_auto (StoreEntry) e = { 0 };
-      GError *error = NULL;
-      if (!store_lookup (f->store, ino, *p, &e, &error))
-        {
-          g_assert_error (error, STORE_ERROR, STORE_ERROR_NOT_FOUND);
-          g_clear_error (&error);
-          return 0;
-        }
-      ino = e.ino;
-    }
-  return ino;
-}
 
 static char *
 readdir_names (Fixture *f, guint64 ino)
