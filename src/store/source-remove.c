@@ -21,21 +21,8 @@
 
 #define MAX_DEPTH 256
 
-typedef struct {
-  gint64 ino;
-  int    depth;   /* below the removed root; synthetic parents above it count negative */
-  int    state;
-  gboolean anchored;
-} Gone;
-
-static int
-gone_cmp (gconstpointer a, gconstpointer b)
-{
-  const Gone *x = a, *y = b;
-  if (x->depth != y->depth)
-    return x->depth > y->depth ? -1 : 1;
-  return x->ino < y->ino ? -1 : x->ino > y->ino;
-}
+/* depth: below the removed root; the synthetic parents above it count negative. */
+typedef StoreDoomed Gone;
 
 /* @ino's target parent (0 at the top) and whether it is synthetic; FALSE with @error. */
 static gboolean
@@ -265,7 +252,7 @@ remove_locked (Store *store, gint64 source_id, guint *queued, GError **error)
             }
         }
     }
-  g_array_sort (gone, gone_cmp);
+  g_array_sort (gone, store_doomed_deeper_first);
 
   g_autoptr (StoreStmt) unpin = store_conn_stmt (w, "UPDATE items SET anchored = 0 WHERE ino = ?1", error);
   g_autoptr (StoreStmt) forget = store_conn_stmt (w, "DELETE FROM items WHERE ino = ?1", error);

@@ -990,20 +990,21 @@ drop_obsolete_work (Commit *c, GError **error)
   return TRUE;
 }
 
-typedef struct {
-  gint64 ino;
-  int    depth;
-  int    state;
-  gboolean anchored;
-} Doomed;
+typedef StoreDoomed Doomed;
+
+int
+store_doomed_deeper_first (gconstpointer a, gconstpointer b)
+{
+  const StoreDoomed *x = a, *y = b;
+  if (x->depth != y->depth)
+    return x->depth > y->depth ? -1 : 1;
+  return x->ino < y->ino ? -1 : x->ino > y->ino;
+}
 
 static int
-doomed_cmp (gconstpointer a, gconstpointer b)
+doomed_ptr_cmp (gconstpointer a, gconstpointer b)
 {
-  const Doomed *x = *(Doomed *const *) a, *y = *(Doomed *const *) b;
-  if (x->depth != y->depth)
-    return x->depth > y->depth ? -1 : 1;  /* deepest first */
-  return x->ino < y->ino ? -1 : x->ino > y->ino;
+  return store_doomed_deeper_first (*(Doomed *const *) a, *(Doomed *const *) b);
 }
 
 static Doomed *
@@ -1114,7 +1115,7 @@ queue_deletes (Commit *c, GHashTable *doomed, GArray *work, guint *deletes, GErr
   while (g_hash_table_iter_next (&iter, NULL, &value))
     if (!((Doomed *) value)->anchored)
       g_ptr_array_add (order, value);
-  g_ptr_array_sort (order, doomed_cmp);
+  g_ptr_array_sort (order, doomed_ptr_cmp);
   g_autoptr (StoreStmt) queued = !c->queue_nonempty ? NULL : store_conn_stmt (w,
       "SELECT 1 FROM work WHERE ino = ?1 AND action = 3", error);
   g_autoptr (StoreStmt) forget = store_conn_stmt (w, "DELETE FROM items WHERE ino = ?1", error);

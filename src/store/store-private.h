@@ -76,6 +76,17 @@ gboolean store_begin (Store *store, GError **error);
 gboolean store_commit (Store *store, GError **error);
 void store_rollback (Store *store);
 
+/* An item to delete: its depth below the outermost item deleted with it, and what decides
+ * whether it gets DELETE work (an excluded or filtered one is forgotten instead; an anchored one
+ * stays). Deleted deepest first: store_doomed_deeper_first orders values of this type. */
+typedef struct {
+  gint64   ino;
+  int      depth;
+  int      state;
+  gboolean anchored;
+} StoreDoomed;
+int store_doomed_deeper_first (gconstpointer a, gconstpointer b);
+
 /* Drops every staged delta set (store_free). */
 void store_staging_free (Store *store);
 

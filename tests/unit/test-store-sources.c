@@ -9,23 +9,6 @@
 #include "test-store-util.h"
 #include <sqlite3.h>
 
-
-static StoreCommitStats
-commit_set (Fixture *f, gint64 sid, GPtrArray *items, const char *link, gboolean reconcile)
-{
-  GError *error = NULL;
-  StoreCommitStats stats = { 0 };
-  g_assert_true (store_stage_begin (f->store, sid, &error));
-  if (items->len)
-    g_assert_true (store_stage_add (f->store, sid, items, &error));
-  g_assert_true (store_stage_commit (f->store, sid, link, reconcile, &stats, &error));
-  g_assert_no_error (error);
-  g_ptr_array_unref (items);
-  return stats;
-}
-
-
-
 static char *
 ls (Fixture *f, const char *path)
 {

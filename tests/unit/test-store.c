@@ -8,26 +8,6 @@
 /* ---- helpers --------------------------------------------------------------------------- */
 
 
-/* Stages @items (taking them) in pages of two and commits with @link. */
-static StoreCommitStats
-commit_set (Fixture *f, gint64 sid, GPtrArray *items, const char *link, gboolean reconcile)
-{
-  GError *error = NULL;
-  StoreCommitStats stats;
-  g_assert_true (store_stage_begin (f->store, sid, &error));
-  for (guint i = 0; i < items->len; i += 2)
-    {
-      g_autoptr (GPtrArray) page = g_ptr_array_new ();
-      for (guint k = i; k < MIN (i + 2, items->len); k++)
-        g_ptr_array_add (page, items->pdata[k]);
-      g_assert_true (store_stage_add (f->store, sid, page, &error));
-      g_assert_no_error (error);
-    }
-  g_assert_true (store_stage_commit (f->store, sid, link, reconcile, &stats, &error));
-  g_assert_no_error (error);
-  g_ptr_array_unref (items);
-  return stats;
-}
 
 
 static StoreWork *
